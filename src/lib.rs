@@ -1,0 +1,11 @@
+//! stripe-projector: a correct customer read model for Stripe Connect platforms.
+//!
+//! Verified webhooks are appended to an event log tagged with their account, and
+//! projected, in the same transaction, into a table keyed by
+//! `(account, livemode, normalized email)` that checkout reads.
+#![forbid(unsafe_code)]
+
+pub mod domain;
+pub mod projection;
+pub mod secret;
+pub mod stripe;

@@ -1,0 +1,459 @@
+//! The projection rules, as pure functions: what a `customer.*` event contributes, which
+//! snapshot of a customer wins, and which customer checkout gets for an email.
+//!
+//! The store persists these answers; it never decides. [`ReadModel`] applies the same
+//! rules in memory and is the oracle the storage tests compare against.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::domain::{AccountId, CustomerId, EmailKey, EventId};
+use crate::stripe::event::CustomerEvent;
+
+/// What one `customer.*` event does to the customer table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// A snapshot of a customer (`customer.created`, `.updated`, `.deleted`).
+    Snapshot(Snapshot),
+    /// Another `customer.*` type (subscriptions, sources, ...): logged, not projected.
+    None,
+    /// The event should carry a customer but does not (rule 8): logged, acknowledged, and
+    /// recorded as a projection error.
+    Error(String),
+}
+
+/// A customer as one event shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub customer_id: CustomerId,
+    /// The email as Stripe has it, for display.
+    pub email: Option<String>,
+    /// The lookup key; `None` when the customer has no usable email (rule 4).
+    pub email_key: Option<EmailKey>,
+    pub name: Option<String>,
+    /// The Customer object's own `created`, else the event's (rule 5).
+    pub customer_created: i64,
+    pub version: Version,
+}
+
+/// The rank of a snapshot type within one second (rule 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TypeRank {
+    Created = 0,
+    Updated = 1,
+    Deleted = 2,
+}
+
+impl TypeRank {
+    fn of(event_type: &str) -> Option<Self> {
+        match event_type {
+            "customer.created" => Some(Self::Created),
+            "customer.updated" => Some(Self::Updated),
+            "customer.deleted" => Some(Self::Deleted),
+            _ => None,
+        }
+    }
+}
+
+/// Orders the snapshots of one customer: the largest version wins.
+///
+/// Field order is the comparison order. `deleted` comes first so that deletion is final
+/// (rule 3): any deletion outranks every non-deleted snapshot, whatever its timestamp.
+/// Then `(event created, type rank, event id)`, so the winner is a function of the set of
+/// events, never of arrival order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version {
+    pub deleted: bool,
+    pub created: i64,
+    pub rank: TypeRank,
+    pub event_id: EventId,
+}
+
+impl Version {
+    /// A text form whose byte order equals the order of `Version`, so the database can
+    /// keep the newest snapshot with a plain `>` on one column (binary/"C" collation).
+    pub fn encode(&self) -> String {
+        // Shift i64 onto u64 so that fixed-width decimal digits sort like the numbers.
+        let created = (i128::from(self.created) - i128::from(i64::MIN)) as u64;
+        format!(
+            "{}{created:020}{}{}",
+            u8::from(self.deleted),
+            self.rank as u8,
+            self.event_id
+        )
+    }
+}
+
+/// What a `customer.*` event contributes to the customer table.
+pub fn effect_of(event: &CustomerEvent) -> Effect {
+    let Some(rank) = TypeRank::of(&event.event_type) else {
+        return Effect::None;
+    };
+    match snapshot_of(event, rank) {
+        Ok(snapshot) => Effect::Snapshot(snapshot),
+        Err(reason) => Effect::Error(reason),
+    }
+}
+
+fn snapshot_of(event: &CustomerEvent, rank: TypeRank) -> Result<Snapshot, String> {
+    let object = &event.object;
+    if object.get("object").and_then(Value::as_str) != Some("customer") {
+        return Err(format!(
+            "{} does not carry a customer object",
+            event.event_type
+        ));
+    }
+    let customer_id = object
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or("customer object has no string id")
+        .and_then(|id| CustomerId::parse(id).map_err(|_| "customer id is not a valid id"))?;
+    let email = optional_text(object, "email")?;
+    let name = optional_text(object, "name")?;
+    let customer_created = match object.get("created") {
+        None | Some(Value::Null) => event.created,
+        Some(value) => value.as_i64().ok_or("customer created is not an integer")?,
+    };
+    Ok(Snapshot {
+        customer_id,
+        email_key: email.as_deref().and_then(EmailKey::normalize),
+        email,
+        name,
+        customer_created,
+        version: Version {
+            deleted: rank == TypeRank::Deleted,
+            created: event.created,
+            rank,
+            event_id: event.id.clone(),
+        },
+    })
+}
+
+/// A nullable string field. NUL is refused: PostgreSQL text cannot hold it.
+fn optional_text(object: &Map<String, Value>, field: &str) -> Result<Option<String>, String> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) if text.contains('\0') => {
+            Err(format!("customer {field} contains NUL"))
+        }
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(_) => Err(format!("customer {field} is not a string")),
+    }
+}
+
+/// Whether `candidate` replaces `current` as a customer's state.
+pub fn supersedes(candidate: &Version, current: &Version) -> bool {
+    candidate > current
+}
+
+/// Which of several live customers sharing an email checkout gets (rule 5): the oldest
+/// customer, then the smallest id. Deterministic whatever order they were seen in.
+pub fn canonical_order(a: &Snapshot, b: &Snapshot) -> std::cmp::Ordering {
+    (a.customer_created, &a.customer_id).cmp(&(b.customer_created, &b.customer_id))
+}
+
+/// Identity of a projected customer: accounts and modes never mix (rules 1 and 2).
+pub type CustomerKey = (AccountId, bool, CustomerId);
+
+/// The projection applied in memory: the reference the stores must agree with.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReadModel {
+    customers: BTreeMap<CustomerKey, Snapshot>,
+}
+
+impl ReadModel {
+    pub fn apply(&mut self, event: &CustomerEvent) {
+        let Effect::Snapshot(snapshot) = effect_of(event) else {
+            return;
+        };
+        let key = (
+            event.account.clone(),
+            event.livemode,
+            snapshot.customer_id.clone(),
+        );
+        match self.customers.get(&key) {
+            Some(current) if !supersedes(&snapshot.version, &current.version) => {}
+            _ => {
+                self.customers.insert(key, snapshot);
+            }
+        }
+    }
+
+    /// Every customer's winning snapshot, deleted ones included.
+    pub fn customers(&self) -> impl Iterator<Item = (&CustomerKey, &Snapshot)> {
+        self.customers.iter()
+    }
+
+    /// The customer checkout gets for this account, mode and email.
+    pub fn lookup(
+        &self,
+        account: &AccountId,
+        livemode: bool,
+        email: &EmailKey,
+    ) -> Option<&Snapshot> {
+        self.customers
+            .iter()
+            .filter(|((a, mode, _), s)| {
+                a == account
+                    && *mode == livemode
+                    && !s.version.deleted
+                    && s.email_key.as_ref() == Some(email)
+            })
+            .map(|(_, s)| s)
+            .min_by(|a, b| canonical_order(a, b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(id: &str, event_type: &str, created: i64, object: Value) -> CustomerEvent {
+        CustomerEvent {
+            id: EventId::parse(id).unwrap(),
+            event_type: event_type.into(),
+            account: AccountId::parse("acct_a").unwrap(),
+            created,
+            livemode: false,
+            object_id: object.get("id").and_then(Value::as_str).map(Into::into),
+            object: object.as_object().cloned().unwrap_or_default(),
+            payload: String::new(),
+        }
+    }
+
+    fn customer(id: &str, email: &str, created: i64) -> Value {
+        json!({"id": id, "object": "customer", "email": email, "name": null, "created": created})
+    }
+
+    fn version(deleted: bool, created: i64, rank: TypeRank, id: &str) -> Version {
+        Version {
+            deleted,
+            created,
+            rank,
+            event_id: EventId::parse(id).unwrap(),
+        }
+    }
+
+    #[test]
+    fn newest_snapshot_wins_by_created_then_rank_then_id() {
+        use TypeRank::*;
+        let table = [
+            // (candidate, current, candidate wins)
+            (
+                version(false, 2, Created, "evt_a"),
+                version(false, 1, Updated, "evt_z"),
+                true,
+            ),
+            (
+                version(false, 1, Updated, "evt_a"),
+                version(false, 1, Created, "evt_z"),
+                true,
+            ),
+            (
+                version(false, 1, Updated, "evt_b"),
+                version(false, 1, Updated, "evt_a"),
+                true,
+            ),
+            (
+                version(false, 1, Updated, "evt_a"),
+                version(false, 1, Updated, "evt_a"),
+                false,
+            ),
+            (
+                version(false, 1, Created, "evt_z"),
+                version(false, 1, Updated, "evt_a"),
+                false,
+            ),
+            // Deletion is final: a later update never brings a customer back.
+            (
+                version(false, 9, Updated, "evt_z"),
+                version(true, 1, Deleted, "evt_a"),
+                false,
+            ),
+            (
+                version(true, 1, Deleted, "evt_a"),
+                version(false, 9, Updated, "evt_z"),
+                true,
+            ),
+            (
+                version(true, 2, Deleted, "evt_a"),
+                version(true, 1, Deleted, "evt_z"),
+                true,
+            ),
+        ];
+        for (candidate, current, wins) in table {
+            assert_eq!(
+                supersedes(&candidate, &current),
+                wins,
+                "{candidate:?} vs {current:?}"
+            );
+            assert_eq!(
+                candidate.encode() > current.encode(),
+                wins,
+                "encoded {candidate:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn encoded_versions_sort_like_versions_across_the_whole_i64_range() {
+        use TypeRank::*;
+        let mut versions = vec![
+            version(false, i64::MIN, Created, "evt_a"),
+            version(false, -1, Deleted, "evt_a"),
+            version(false, 0, Created, "evt_"),
+            version(false, 0, Created, "evt_a"),
+            version(false, 9, Updated, "evt_a"),
+            version(false, 10, Created, "evt_a"),
+            version(false, i64::MAX, Updated, "evt_a"),
+            version(true, i64::MIN, Deleted, "evt_a"),
+        ];
+        let sorted = versions.clone();
+        versions.reverse();
+        versions.sort_by_key(Version::encode);
+        assert_eq!(versions, sorted);
+    }
+
+    #[test]
+    fn snapshot_types_project_and_other_customer_types_do_not() {
+        let created = event(
+            "evt_1",
+            "customer.created",
+            5,
+            customer("cus_1", " A@B.c ", 4),
+        );
+        let Effect::Snapshot(snapshot) = effect_of(&created) else {
+            panic!()
+        };
+        assert_eq!(snapshot.email.as_deref(), Some(" A@B.c "));
+        assert_eq!(snapshot.email_key.unwrap().as_str(), "a@b.c");
+        assert_eq!(snapshot.customer_created, 4);
+        assert!(!snapshot.version.deleted);
+
+        let deleted = event(
+            "evt_2",
+            "customer.deleted",
+            6,
+            customer("cus_1", "a@b.c", 4),
+        );
+        let Effect::Snapshot(snapshot) = effect_of(&deleted) else {
+            panic!()
+        };
+        assert!(snapshot.version.deleted);
+
+        let sub = event(
+            "evt_3",
+            "customer.subscription.created",
+            6,
+            json!({"id": "sub_1", "object": "subscription"}),
+        );
+        assert_eq!(effect_of(&sub), Effect::None);
+    }
+
+    #[test]
+    fn customer_created_falls_back_to_the_event_created() {
+        let mut object = customer("cus_1", "a@b.c", 0);
+        object.as_object_mut().unwrap().remove("created");
+        let Effect::Snapshot(snapshot) = effect_of(&event("evt_1", "customer.created", 77, object))
+        else {
+            panic!()
+        };
+        assert_eq!(snapshot.customer_created, 77);
+    }
+
+    #[test]
+    fn unprojectable_customer_events_are_errors() {
+        let cases = [
+            json!({"id": "card_1", "object": "card"}),
+            json!({"object": "customer"}),
+            json!({"id": "", "object": "customer"}),
+            json!({"id": "cus_1", "object": "customer", "email": 5}),
+            json!({"id": "cus_1", "object": "customer", "name": ["x"]}),
+            json!({"id": "cus_1", "object": "customer", "created": "soon"}),
+            json!({"id": "cus_1", "object": "customer", "email": "a\u{0}@b.c"}),
+        ];
+        for object in cases {
+            let effect = effect_of(&event("evt_1", "customer.updated", 1, object.clone()));
+            assert!(matches!(effect, Effect::Error(_)), "{object}");
+        }
+    }
+
+    #[test]
+    fn blank_or_missing_email_is_not_indexed() {
+        for object in [
+            customer("cus_1", "  ", 1),
+            json!({"id": "cus_1", "object": "customer", "email": null}),
+        ] {
+            let Effect::Snapshot(snapshot) =
+                effect_of(&event("evt_1", "customer.created", 1, object))
+            else {
+                panic!()
+            };
+            assert_eq!(snapshot.email_key, None);
+        }
+    }
+
+    #[test]
+    fn canonical_customer_is_the_oldest_then_smallest_id() {
+        let mut model = ReadModel::default();
+        let key = EmailKey::normalize("shared@x.io").unwrap();
+        let account = AccountId::parse("acct_a").unwrap();
+        model.apply(&event(
+            "evt_1",
+            "customer.created",
+            10,
+            customer("cus_b", "shared@x.io", 10),
+        ));
+        model.apply(&event(
+            "evt_2",
+            "customer.created",
+            10,
+            customer("cus_a", "Shared@X.io", 10),
+        ));
+        model.apply(&event(
+            "evt_3",
+            "customer.created",
+            5,
+            customer("cus_c", "shared@x.io", 20),
+        ));
+        assert_eq!(
+            model
+                .lookup(&account, false, &key)
+                .unwrap()
+                .customer_id
+                .as_str(),
+            "cus_a"
+        );
+        model.apply(&event(
+            "evt_4",
+            "customer.deleted",
+            11,
+            customer("cus_a", "shared@x.io", 10),
+        ));
+        assert_eq!(
+            model
+                .lookup(&account, false, &key)
+                .unwrap()
+                .customer_id
+                .as_str(),
+            "cus_b"
+        );
+        model.apply(&event(
+            "evt_5",
+            "customer.updated",
+            12,
+            customer("cus_b", "moved@x.io", 10),
+        ));
+        assert_eq!(
+            model
+                .lookup(&account, false, &key)
+                .unwrap()
+                .customer_id
+                .as_str(),
+            "cus_c"
+        );
+        assert_eq!(model.lookup(&account, true, &key), None);
+    }
+}
