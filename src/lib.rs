@@ -5,7 +5,14 @@
 //! `(account, livemode, normalized email)` that checkout reads.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod config;
 pub mod domain;
+pub mod http;
+pub mod ingest;
+pub mod lookup;
 pub mod projection;
 pub mod secret;
+pub mod store;
 pub mod stripe;
+pub mod telemetry;

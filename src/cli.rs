@@ -1,0 +1,278 @@
+//! The command line: one function per command, each a thin layer over the library.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, WebhookConfig};
+use crate::http::{self, AppState, ServerOptions};
+use crate::lookup::LookupRequest;
+use crate::store::{DatabaseUrl, Lookup, Store};
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stripe-projector",
+    version,
+    about = "Stripe Connect customer read model: verified webhooks -> event log -> (account, livemode, email) lookups",
+    after_help = "Secrets are read from the environment only: STRIPE_WEBHOOK_SECRET (comma-separated \
+                  whsec_... values) and READ_API_TOKEN."
+)]
+pub struct Cli {
+    /// Database: sqlite:PATH (embedded, created if missing) or postgres://...
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite:stripe-projector.db",
+        hide_env_values = true,
+        global = true
+    )]
+    database_url: String,
+
+    /// Log format on stderr.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Migrate, then serve HTTP until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+    /// Apply migrations and exit.
+    Migrate,
+    /// Print checkout's answer as JSON. Exit 0 found, 1 not found, 3 ambiguous livemode.
+    Lookup(LookupArgs),
+    /// Print counts as JSON: events, customers, projection position and errors.
+    Status,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to bind.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    listen_addr: SocketAddr,
+
+    /// Allowed distance, in seconds, between a signature's timestamp and now (both ways).
+    #[arg(long, env = "STRIPE_WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
+    tolerance_secs: u64,
+
+    /// Account tag for events without `account` (the platform's own events).
+    #[arg(long, env = "PLATFORM_ACCOUNT_ID", default_value = "platform")]
+    platform_account_id: String,
+
+    /// Largest webhook body accepted, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1_048_576,
+          value_parser = clap::value_parser!(u64).range(1..=1_073_741_824))]
+    max_body_bytes: u64,
+
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    shutdown_timeout_secs: u64,
+
+    /// HTTP worker threads.
+    #[arg(long, env = "HTTP_WORKERS", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: u16,
+}
+
+#[derive(Debug, Args)]
+struct LookupArgs {
+    /// The organizer's account (acct_...), or the platform's id.
+    #[arg(long)]
+    account: String,
+    /// The buyer's email; matched trimmed and lowercased.
+    #[arg(long)]
+    email: String,
+    /// true or false; omit to accept either mode when only one has a customer.
+    #[arg(long)]
+    livemode: Option<String>,
+}
+
+/// A command that could not do its job: a person's mistake (exit 2) or the world's (1).
+#[derive(Debug)]
+pub enum Failure {
+    Usage(String),
+    Runtime(String),
+}
+
+impl Failure {
+    fn runtime(context: &str, error: impl std::fmt::Display) -> Self {
+        Self::Runtime(format!("{context}: {error}"))
+    }
+
+    pub fn report(self) -> ExitCode {
+        let (message, code) = match self {
+            Self::Usage(message) => (message, 2),
+            Self::Runtime(message) => (message, 1),
+        };
+        eprintln!("error: {message}");
+        ExitCode::from(code)
+    }
+}
+
+/// Turns a clap error into one line (help and version go to stdout as usual).
+pub fn usage_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = error.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = error.render().to_string();
+    let line: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.starts_with("Usage:"))
+        .filter(|line| {
+            !line.is_empty()
+                && !line.starts_with("tip:")
+                && !line.starts_with("For more information")
+        })
+        .collect();
+    let line = line.join(" ");
+    let line = line.strip_prefix("error: ").unwrap_or(&line);
+    Failure::Usage(format!("{line} (see --help)")).report()
+}
+
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Serve(args) => serve(&cli.database_url, args).await,
+        Command::Migrate => migrate(&cli.database_url).await,
+        Command::Lookup(args) => lookup(&cli.database_url, args).await,
+        Command::Status => status(&cli.database_url).await,
+    };
+    result.unwrap_or_else(Failure::report)
+}
+
+/// An environment variable that is unset or empty is `None`.
+fn env_var(name: &str) -> Result<Option<String>, Failure> {
+    match std::env::var(name) {
+        Ok(value) if value.is_empty() => Ok(None),
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(Failure::Usage(format!("{name} is not valid UTF-8")))
+        }
+    }
+}
+
+fn parse_database_url(url: &str) -> Result<DatabaseUrl, Failure> {
+    DatabaseUrl::parse(url).map_err(|e| Failure::Usage(e.to_string()))
+}
+
+async fn open_store(url: &str) -> Result<Store, Failure> {
+    let url = parse_database_url(url)?;
+    Store::connect(&url)
+        .await
+        .map_err(|e| Failure::runtime("cannot open the database", e))
+}
+
+async fn open_migrated_store(url: &str) -> Result<Store, Failure> {
+    let store = open_store(url).await?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| Failure::runtime("cannot migrate the database", e))?;
+    Ok(store)
+}
+
+async fn serve(database_url: &str, args: ServeArgs) -> Result<ExitCode, Failure> {
+    let usage = |e: config::ConfigError| Failure::Usage(e.to_string());
+    let webhook = WebhookConfig {
+        secrets: config::parse_webhook_secrets(env_var("STRIPE_WEBHOOK_SECRET")?.as_deref())
+            .map_err(usage)?,
+        tolerance_secs: args.tolerance_secs,
+        platform_account: config::parse_platform_account(&args.platform_account_id)
+            .map_err(usage)?,
+        max_body_bytes: usize::try_from(args.max_body_bytes)
+            .map_err(|_| Failure::Usage("MAX_BODY_BYTES is too large for this machine".into()))?,
+    };
+    let read_token = config::parse_read_token(env_var("READ_API_TOKEN")?.as_deref());
+    parse_database_url(database_url)?;
+    let listener = TcpListener::bind(args.listen_addr)
+        .map_err(|e| Failure::runtime(&format!("cannot listen on {}", args.listen_addr), e))?;
+    let store = open_migrated_store(database_url).await?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Failure::runtime("cannot read the bound address", e))?;
+    if read_token.is_none() && !local.ip().is_loopback() {
+        tracing::warn!(%local, "READ_API_TOKEN is unset: customer lookups are open to anyone who can reach this address");
+    }
+    let options = ServerOptions {
+        workers: usize::from(args.workers),
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
+    };
+    let server = http::server(
+        AppState {
+            store,
+            webhook,
+            read_token,
+        },
+        listener,
+        options,
+    )
+    .map_err(|e| Failure::runtime("cannot start the server", e))?;
+    // Operators and tests read the bound address here (LISTEN_ADDR may use port 0).
+    println!("listening on http://{local}");
+    tracing::info!(%local, "serving");
+    server
+        .await
+        .map_err(|e| Failure::runtime("server failed", e))?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn migrate(database_url: &str) -> Result<ExitCode, Failure> {
+    open_migrated_store(database_url).await?;
+    println!("migrations applied");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn lookup(database_url: &str, args: LookupArgs) -> Result<ExitCode, Failure> {
+    let request = LookupRequest::parse(
+        Some(&args.account),
+        Some(&args.email),
+        args.livemode.as_deref(),
+    )
+    .map_err(|e| Failure::Usage(e.to_string()))?;
+    let store = open_store(database_url).await?;
+    let answer = store
+        .lookup(&request.account, &request.email, request.livemode)
+        .await
+        .map_err(|e| Failure::runtime("lookup failed (has `migrate` run?)", e))?;
+    let (body, code) = match answer {
+        Lookup::Found(customer) => (serde_json::to_value(customer), 0),
+        Lookup::NotFound => (Ok(serde_json::json!({ "error": "not_found" })), 1),
+        Lookup::AmbiguousLivemode => (Ok(serde_json::json!({ "error": "ambiguous_livemode" })), 3),
+    };
+    let body = body.map_err(|e| Failure::runtime("cannot print the answer", e))?;
+    println!("{body}");
+    Ok(ExitCode::from(code))
+}
+
+async fn status(database_url: &str) -> Result<ExitCode, Failure> {
+    let store = open_store(database_url).await?;
+    let status = store
+        .status()
+        .await
+        .map_err(|e| Failure::runtime("cannot read status (has `migrate` run?)", e))?;
+    let body =
+        serde_json::to_string(&status).map_err(|e| Failure::runtime("cannot print status", e))?;
+    println!("{body}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,55 @@
+//! `GET /v1/customers`: the checkout read.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+use super::{ApiError, AppState};
+use crate::lookup::{InvalidLookup, LookupRequest};
+use crate::secret::Secret;
+use crate::store::Lookup;
+
+#[derive(Deserialize)]
+struct LookupQuery {
+    account: Option<String>,
+    email: Option<String>,
+    livemode: Option<String>,
+}
+
+pub(super) async fn lookup(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&request, state.read_token.as_ref())?;
+    let query = web::Query::<LookupQuery>::from_query(request.query_string())
+        .map_err(|e| InvalidLookup(format!("query string: {e}")))?;
+    let lookup = LookupRequest::parse(
+        query.account.as_deref(),
+        query.email.as_deref(),
+        query.livemode.as_deref(),
+    )?;
+    match state
+        .store
+        .lookup(&lookup.account, &lookup.email, lookup.livemode)
+        .await?
+    {
+        Lookup::Found(customer) => Ok(HttpResponse::Ok().json(customer)),
+        Lookup::NotFound => Err(ApiError::NotFound),
+        Lookup::AmbiguousLivemode => Err(ApiError::AmbiguousLivemode),
+    }
+}
+
+/// Every `/v1` request needs the bearer token when one is configured.
+pub(super) fn authorize(request: &HttpRequest, token: Option<&Secret>) -> Result<(), ApiError> {
+    let Some(token) = token else {
+        return Ok(());
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+    match presented {
+        Some(presented) if token.matches(presented) => Ok(()),
+        _ => Err(ApiError::Unauthorized),
+    }
+}

@@ -1,0 +1,68 @@
+//! The HTTP surface: routes, shared state, and the one place errors become statuses.
+
+mod customers;
+mod error;
+mod ops;
+mod webhook;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+
+use crate::config::WebhookConfig;
+use crate::secret::Secret;
+use crate::store::Store;
+
+pub use error::ApiError;
+
+/// Everything a request handler may use.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub webhook: WebhookConfig,
+    /// When set, `/v1/...` requests need `Authorization: Bearer <token>`.
+    pub read_token: Option<Secret>,
+}
+
+/// Server knobs that are not part of request handling.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerOptions {
+    pub workers: usize,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/webhooks/stripe", web::post().to(webhook::receive))
+        .route("/v1/customers", web::get().to(customers::lookup))
+        .route("/healthz", web::get().to(ops::healthz))
+        .route("/readyz", web::get().to(ops::readyz));
+}
+
+/// Builds the server on an already bound listener (port 0 in tests). Signals
+/// (SIGINT/SIGTERM) stop it gracefully: no new connections, in-flight requests finish.
+pub fn server(
+    state: AppState,
+    listener: TcpListener,
+    options: ServerOptions,
+) -> std::io::Result<Server> {
+    let state = web::Data::new(state);
+    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
+        .workers(options.workers)
+        .shutdown_timeout(options.shutdown_timeout.as_secs())
+        .listen(listener)?
+        .run();
+    Ok(server)
+}

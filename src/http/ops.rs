@@ -1,0 +1,34 @@
+//! Liveness and readiness, for load balancers and orchestrators.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::AppState;
+
+/// Readiness gives up on a database that does not answer within this bound.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub(super) async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => HttpResponse::Ok().json(json!({ "status": "ready" })),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "not ready: database error");
+            not_ready()
+        }
+        Err(_) => {
+            tracing::warn!("not ready: database did not answer in time");
+            not_ready()
+        }
+    }
+}
+
+fn not_ready() -> HttpResponse {
+    HttpResponse::ServiceUnavailable()
+        .json(json!({ "error": "store_unavailable", "message": "the database does not answer" }))
+}

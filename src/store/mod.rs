@@ -1,0 +1,233 @@
+//! Storage: the event log and the customer table, on SQLite or PostgreSQL.
+//!
+//! The only module that knows SQL. It persists what `projection` decides and answers
+//! checkout's reads; every write of an event and its projection is one transaction.
+
+mod postgres;
+mod sqlite;
+
+use serde::Serialize;
+
+use crate::domain::{AccountId, EmailKey};
+use crate::projection::Effect;
+use crate::stripe::event::CustomerEvent;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// Where the store lives, checked before anything connects.
+#[derive(Debug, Clone)]
+pub enum DatabaseUrl {
+    Sqlite(sqlx::sqlite::SqliteConnectOptions),
+    Postgres(sqlx::postgres::PgConnectOptions),
+}
+
+/// A `DATABASE_URL` we cannot use. The message never repeats the URL (it may hold a
+/// password).
+#[derive(Debug, thiserror::Error)]
+#[error("DATABASE_URL {0}")]
+pub struct InvalidDatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn parse(url: &str) -> Result<Self, InvalidDatabaseUrl> {
+        let invalid = |e: sqlx::Error| InvalidDatabaseUrl(format!("is not usable: {e}"));
+        if url.starts_with("sqlite:") {
+            sqlite::options(url).map(Self::Sqlite).map_err(invalid)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            postgres::options(url).map(Self::Postgres).map_err(invalid)
+        } else {
+            Err(InvalidDatabaseUrl(
+                "must start with sqlite: or postgres://".to_owned(),
+            ))
+        }
+    }
+}
+
+/// The store failed; the caller answers 503 and Stripe retries.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Where an event in the log came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Webhook,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Webhook => "webhook",
+        }
+    }
+}
+
+/// The result of appending an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Newly in the log at `seq`, projected (or recorded as a projection error).
+    Stored {
+        seq: i64,
+        projection_error: Option<String>,
+    },
+    /// The event id was already in the log; nothing changed.
+    Duplicate,
+}
+
+/// What checkout reads: the lookup body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Customer {
+    pub customer_id: String,
+    pub account: String,
+    /// As Stripe has it (not normalized).
+    pub email: Option<String>,
+    pub livemode: bool,
+    pub name: Option<String>,
+    pub last_event_id: String,
+    pub last_event_created: i64,
+}
+
+/// Checkout's answer for `(account, email[, livemode])`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Found(Customer),
+    NotFound,
+    /// No livemode was given and both modes have a customer.
+    AmbiguousLivemode,
+}
+
+/// A whole row of the customer table, deleted customers included: for comparisons
+/// (tests, and `replay --verify`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct ProjectedCustomer {
+    pub account: String,
+    pub livemode: bool,
+    pub customer_id: String,
+    pub email: Option<String>,
+    pub email_key: Option<String>,
+    pub name: Option<String>,
+    pub customer_created: i64,
+    pub deleted: bool,
+    pub version: String,
+    pub last_event_id: String,
+    pub last_event_created: i64,
+}
+
+/// Counts for `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Status {
+    pub events: i64,
+    pub customers: i64,
+    pub deleted_customers: i64,
+    /// The log sequence number the projection has applied up to. Projection happens in
+    /// the append transaction, so this is the newest event in the log.
+    pub projection_position: i64,
+    pub projection_errors: i64,
+}
+
+/// The store: an event log and its projection, on one of the two backends.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+impl Store {
+    /// Connects (creating an SQLite file if missing). Does not migrate.
+    pub async fn connect(url: &DatabaseUrl) -> Result<Self, StoreError> {
+        Ok(match url {
+            DatabaseUrl::Sqlite(options) => {
+                Self::Sqlite(SqliteStore::connect(options.clone()).await?)
+            }
+            DatabaseUrl::Postgres(options) => {
+                Self::Postgres(PgStore::connect(options.clone()).await?)
+            }
+        })
+    }
+
+    /// Applies the embedded migrations of this backend.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(store) => store.migrate().await?,
+            Self::Postgres(store) => store.migrate().await?,
+        }
+        Ok(())
+    }
+
+    /// Appends an event and applies its effect, atomically. Idempotent on the event id,
+    /// including under concurrent deliveries of one event.
+    pub async fn append(
+        &self,
+        event: &CustomerEvent,
+        effect: &Effect,
+        source: Source,
+    ) -> Result<AppendOutcome, StoreError> {
+        Ok(match self {
+            Self::Sqlite(s) => sqlite::queries::append(&s.writer, event, effect, source).await?,
+            Self::Postgres(s) => postgres::queries::append(&s.pool, event, effect, source).await?,
+        })
+    }
+
+    /// The customer checkout should use for this email on this account.
+    pub async fn lookup(
+        &self,
+        account: &AccountId,
+        email: &EmailKey,
+        livemode: Option<bool>,
+    ) -> Result<Lookup, StoreError> {
+        let found = |customer: Option<Customer>| customer.map_or(Lookup::NotFound, Lookup::Found);
+        if let Some(livemode) = livemode {
+            return Ok(found(self.canonical(account, livemode, email).await?));
+        }
+        let test = self.canonical(account, false, email).await?;
+        let live = self.canonical(account, true, email).await?;
+        Ok(match (test, live) {
+            (Some(_), Some(_)) => Lookup::AmbiguousLivemode,
+            (test, live) => found(test.or(live)),
+        })
+    }
+
+    async fn canonical(
+        &self,
+        account: &AccountId,
+        livemode: bool,
+        email: &EmailKey,
+    ) -> Result<Option<Customer>, StoreError> {
+        let (account, email) = (account.as_str(), email.as_str());
+        Ok(match self {
+            Self::Sqlite(s) => {
+                sqlite::queries::canonical(&s.reader, account, livemode, email).await?
+            }
+            Self::Postgres(s) => {
+                postgres::queries::canonical(&s.pool, account, livemode, email).await?
+            }
+        })
+    }
+
+    /// Every row of the customer table, ordered by (account, livemode, customer id).
+    pub async fn customers(&self) -> Result<Vec<ProjectedCustomer>, StoreError> {
+        Ok(match self {
+            Self::Sqlite(s) => sqlite::queries::all_customers(&s.reader).await?,
+            Self::Postgres(s) => postgres::queries::all_customers(&s.pool).await?,
+        })
+    }
+
+    pub async fn status(&self) -> Result<Status, StoreError> {
+        Ok(match self {
+            Self::Sqlite(s) => sqlite::queries::status(&s.reader).await?,
+            Self::Postgres(s) => postgres::queries::status(&s.pool).await?,
+        })
+    }
+
+    /// Whether the database answers: readiness.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        Ok(match self {
+            Self::Sqlite(s) => sqlite::queries::ping(&s.writer).await?,
+            Self::Postgres(s) => postgres::queries::ping(&s.pool).await?,
+        })
+    }
+}
