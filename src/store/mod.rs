@@ -117,6 +117,23 @@ pub struct ProjectedCustomer {
     pub last_event_created: i64,
 }
 
+/// One row of the event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct LoggedEvent {
+    pub seq: i64,
+    pub event_id: String,
+    /// The event's `account`, else the platform's id.
+    pub account: String,
+    pub event_type: String,
+    pub created: i64,
+    pub livemode: bool,
+    pub object_id: Option<String>,
+    pub source: String,
+    /// The delivered bytes, verbatim.
+    pub payload: String,
+    pub projection_error: Option<String>,
+}
+
 /// Counts for `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Status {
@@ -213,6 +230,14 @@ impl Store {
         Ok(match self {
             Self::Sqlite(s) => sqlite::queries::all_customers(&s.reader).await?,
             Self::Postgres(s) => postgres::queries::all_customers(&s.pool).await?,
+        })
+    }
+
+    /// One event of the log, by id.
+    pub async fn event(&self, event_id: &str) -> Result<Option<LoggedEvent>, StoreError> {
+        Ok(match self {
+            Self::Sqlite(s) => sqlite::queries::event(&s.reader, event_id).await?,
+            Self::Postgres(s) => postgres::queries::event(&s.pool, event_id).await?,
         })
     }
 

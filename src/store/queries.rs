@@ -7,7 +7,7 @@ use sqlx::Pool;
 use crate::projection::{Effect, Snapshot};
 use crate::stripe::event::CustomerEvent;
 
-use crate::store::{AppendOutcome, Customer, ProjectedCustomer, Source, Status};
+use crate::store::{AppendOutcome, Customer, LoggedEvent, ProjectedCustomer, Source, Status};
 
 const INSERT_EVENT: &str = "
     INSERT INTO events (event_id, account, type, created, livemode, object_id, source, payload,
@@ -48,6 +48,12 @@ const ALL_CUSTOMERS: &str = "
            version, last_event_id, last_event_created
     FROM customers
     ORDER BY account, livemode, customer_id";
+
+const EVENT_BY_ID: &str = "
+    SELECT seq, event_id, account, type AS event_type, created, livemode, object_id, source,
+           payload, projection_error
+    FROM events
+    WHERE event_id = $1";
 
 const STATUS: &str = "
     SELECT (SELECT COUNT(*) FROM events) AS events,
@@ -142,6 +148,13 @@ pub(in crate::store) async fn canonical(
 
 pub(in crate::store) async fn all_customers(pool: &Pool<Db>) -> Result<Vec<ProjectedCustomer>, sqlx::Error> {
     sqlx::query_as(ALL_CUSTOMERS).fetch_all(pool).await
+}
+
+pub(in crate::store) async fn event(
+    pool: &Pool<Db>,
+    event_id: &str,
+) -> Result<Option<LoggedEvent>, sqlx::Error> {
+    sqlx::query_as(EVENT_BY_ID).bind(event_id).fetch_optional(pool).await
 }
 
 pub(in crate::store) async fn status(pool: &Pool<Db>) -> Result<Status, sqlx::Error> {

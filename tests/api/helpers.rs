@@ -1,0 +1,389 @@
+//! Test harness: a real server on a bound port over a fresh database of either backend.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use stripe_projector::config::WebhookConfig;
+use stripe_projector::domain::AccountId;
+use stripe_projector::http::{self, AppState, ServerOptions};
+use stripe_projector::secret::Secret;
+use stripe_projector::store::{DatabaseUrl, Store};
+use stripe_projector::stripe::signature;
+
+pub const SECRET: &str = "whsec_test_secret_for_the_suite";
+pub const PLATFORM: &str = "platform";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// `TEST_DATABASE_URL` points at a PostgreSQL server where tests may create databases.
+pub fn postgres_admin_url() -> Option<String> {
+    std::env::var("TEST_DATABASE_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+}
+
+/// Runs a test body once per backend. The PostgreSQL variant is skipped (with a note)
+/// only when `TEST_DATABASE_URL` is unset; when it is set, an unreachable server fails.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if $crate::helpers::postgres_admin_url().is_none() {
+                        eprintln!("skipped: TEST_DATABASE_URL is unset");
+                        return;
+                    }
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+/// A database that exists for one test: an SQLite file in a temporary folder, or a
+/// uniquely named PostgreSQL database dropped when this value is dropped.
+pub struct TestDb {
+    pub url: String,
+    postgres: Option<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn create(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temporary folder");
+                let url = format!("sqlite:{}", dir.path().join("projector.db").display());
+                Self {
+                    url,
+                    postgres: None,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let admin = postgres_admin_url().expect("TEST_DATABASE_URL is set");
+                let name = unique_name();
+                let mut conn = connect_admin(&admin).await;
+                sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+                    .await
+                    .expect("CREATE DATABASE");
+                let url = replace_database(&admin, &name);
+                Self {
+                    url,
+                    postgres: Some((admin, name)),
+                    _dir: None,
+                }
+            }
+        }
+    }
+
+    pub fn path(&self) -> Option<PathBuf> {
+        self.url.strip_prefix("sqlite:").map(PathBuf::from)
+    }
+
+    /// Runs SQL on a connection of its own, outside the store: to damage or inspect the
+    /// database the way an operator or a failure would.
+    pub async fn execute(&self, sql: &str) {
+        use sqlx::{Connection, Executor};
+        if self.postgres.is_some() {
+            let mut conn = sqlx::PgConnection::connect(&self.url)
+                .await
+                .expect("connect");
+            conn.execute(sql).await.expect(sql);
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url)
+                .await
+                .expect("connect");
+            conn.execute(sql).await.expect(sql);
+        }
+    }
+
+    pub async fn store(&self) -> Store {
+        let store = Store::connect(&DatabaseUrl::parse(&self.url).unwrap())
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        store
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((admin, name)) = self.postgres.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime: do the async cleanup on a thread of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut conn = connect_admin(&admin).await;
+                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                sqlx::Executor::execute(&mut conn, sql.as_str())
+                    .await
+                    .expect("DROP DATABASE");
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn connect_admin(url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("TEST_DATABASE_URL is set but PostgreSQL is unreachable: {e}"))
+}
+
+fn unique_name() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "sp_test_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The admin URL with its database path replaced.
+fn replace_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let authority_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let path_start = base[authority_end..]
+        .find('/')
+        .map(|i| i + authority_end)
+        .unwrap_or(base.len());
+    format!("{}/{database}{query}", &base[..path_start])
+}
+
+/// Settings a test may change before the server starts.
+pub struct AppConfig {
+    pub secrets: Vec<String>,
+    pub tolerance_secs: u64,
+    pub max_body_bytes: usize,
+    pub read_token: Option<String>,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        Self {
+            secrets: vec![SECRET.to_owned()],
+            tolerance_secs: 300,
+            max_body_bytes: 1_048_576,
+            read_token: None,
+        }
+    }
+}
+
+/// A running server on 127.0.0.1:<free port>, its store and a client.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub store: Store,
+    pub db: TestDb,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, AppConfig::default()).await
+    }
+
+    pub async fn spawn_with(backend: Backend, config: AppConfig) -> Self {
+        let db = TestDb::create(backend).await;
+        let store = db.store().await;
+        let state = AppState {
+            store: store.clone(),
+            webhook: WebhookConfig {
+                secrets: config.secrets.into_iter().map(Secret::new).collect(),
+                tolerance_secs: config.tolerance_secs,
+                platform_account: AccountId::parse(PLATFORM).unwrap(),
+                max_body_bytes: config.max_body_bytes,
+            },
+            read_token: config.read_token.map(Secret::new),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let options = ServerOptions {
+            workers: 2,
+            ..ServerOptions::default()
+        };
+        let server = http::server(state, listener, options).expect("server");
+        tokio::spawn(server);
+        Self {
+            base,
+            client: reqwest::Client::new(),
+            store,
+            db,
+        }
+    }
+
+    /// Posts a body signed now with the suite's secret.
+    pub async fn deliver(&self, body: &[u8]) -> (StatusCode, Value) {
+        let header = sign(SECRET, now(), body);
+        self.post_webhook(body, Some(&header)).await
+    }
+
+    pub async fn deliver_json(&self, event: &Value) -> (StatusCode, Value) {
+        self.deliver(event.to_string().as_bytes()).await
+    }
+
+    pub async fn deliver_fixture(&self, path: &str) -> (StatusCode, Value) {
+        self.deliver(&fixture(path)).await
+    }
+
+    pub async fn post_webhook(&self, body: &[u8], signature: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .post(format!("{}/webhooks/stripe", self.base))
+            .body(body.to_vec());
+        if let Some(signature) = signature {
+            request = request.header("Stripe-Signature", signature);
+        }
+        into_json(request.send().await.expect("webhook request")).await
+    }
+
+    /// `GET /v1/customers?<query>`.
+    pub async fn lookup(&self, query: &str) -> (StatusCode, Value) {
+        self.get(&format!("/v1/customers?{query}")).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        into_json(
+            self.client
+                .get(format!("{}{path}", self.base))
+                .send()
+                .await
+                .expect("GET"),
+        )
+        .await
+    }
+
+    /// The customer id checkout gets, or `None` on 404.
+    pub async fn customer_id(&self, account: &str, email: &str, livemode: bool) -> Option<String> {
+        let query = format!(
+            "account={account}&email={}&livemode={livemode}",
+            encode(email)
+        );
+        let (status, body) = self.lookup(&query).await;
+        match status {
+            StatusCode::OK => Some(body["customer_id"].as_str().unwrap().to_owned()),
+            StatusCode::NOT_FOUND => None,
+            other => panic!("unexpected lookup answer {other}: {body}"),
+        }
+    }
+}
+
+pub async fn into_json(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    signature::sign(&Secret::new(secret), timestamp, body)
+}
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Percent-encodes a query value (emails carry `+`, `@` and spaces).
+pub fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub fn fixture(path: &str) -> Vec<u8> {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(path);
+    std::fs::read(&full).unwrap_or_else(|e| panic!("fixture {}: {e}", full.display()))
+}
+
+pub fn fixture_json(path: &str) -> Value {
+    serde_json::from_slice(&fixture(path)).expect("fixture is JSON")
+}
+
+/// A `customer.*` event shaped like Stripe's. `account: None` is a platform event.
+pub struct EventSpec<'a> {
+    pub id: &'a str,
+    pub event_type: &'a str,
+    pub account: Option<&'a str>,
+    pub created: i64,
+    pub livemode: bool,
+    pub customer_id: &'a str,
+    pub email: Option<&'a str>,
+    pub customer_created: i64,
+}
+
+impl EventSpec<'_> {
+    pub fn to_json(&self) -> Value {
+        let mut event = json!({
+            "id": self.id,
+            "object": "event",
+            "api_version": "2024-06-20",
+            "created": self.created,
+            "data": {"object": {
+                "id": self.customer_id, "object": "customer", "email": self.email,
+                "name": format!("name of {}", self.customer_id), "created": self.customer_created,
+                "livemode": self.livemode, "metadata": {}, "balance": 0, "delinquent": false,
+            }},
+            "livemode": self.livemode,
+            "pending_webhooks": 1,
+            "request": {"id": null, "idempotency_key": null},
+            "type": self.event_type,
+        });
+        if let Some(account) = self.account {
+            event["account"] = json!(account);
+        }
+        event
+    }
+}
+
+/// A quick `customer.created` on an account, in test mode.
+pub fn created(id: &str, account: &str, customer_id: &str, email: &str, created: i64) -> Value {
+    EventSpec {
+        id,
+        event_type: "customer.created",
+        account: Some(account),
+        created,
+        livemode: false,
+        customer_id,
+        email: Some(email),
+        customer_created: created,
+    }
+    .to_json()
+}

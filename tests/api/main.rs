@@ -1,0 +1,6 @@
+//! Integration tests: the real HTTP stack on a bound port, over a real SQLite file and a
+//! real PostgreSQL database (when TEST_DATABASE_URL is set).
+
+#[macro_use]
+mod helpers;
+mod webhook;

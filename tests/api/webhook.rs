@@ -1,0 +1,301 @@
+//! `POST /webhooks/stripe`: every row of CONTRACT.md's webhook table.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{
+    created, fixture, fixture_json, now, sign, AppConfig, Backend, TestApp, SECRET,
+};
+
+async fn new_customer_event_is_stored_with_its_account_tag_and_raw_payload(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let body = fixture("seed/01_customer_created_organizer_a.json");
+
+    let (status, answer) = app.deliver(&body).await;
+
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        answer,
+        json!({"status": "stored", "event_id": "evt_1Qo7ireY8Hq2yVrb8PNLnXTs"})
+    );
+    let logged = app
+        .store
+        .event("evt_1Qo7ireY8Hq2yVrb8PNLnXTs")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(logged.account, "acct_1OrganizerAaaaaaa");
+    assert_eq!(logged.event_type, "customer.created");
+    assert_eq!(logged.created, 1730000000);
+    assert!(!logged.livemode);
+    assert_eq!(logged.object_id.as_deref(), Some("cus_Q3IFa65giu0cDn"));
+    assert_eq!(logged.source, "webhook");
+    assert_eq!(
+        logged.payload.as_bytes(),
+        body.as_slice(),
+        "payload must be kept verbatim"
+    );
+}
+
+async fn redelivery_is_stored_once_and_answered_duplicate(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let body = fixture("redelivery/customer_created.json");
+
+    let first = app.deliver(&body).await;
+    // Stripe signs every retry anew: a new timestamp, the same event.
+    let header = sign(SECRET, now() - 10, &body);
+    let second = app.post_webhook(&body, Some(&header)).await;
+
+    assert_eq!(
+        first,
+        (
+            StatusCode::OK,
+            json!({"status": "stored", "event_id": "evt_1QYXcx6XjhfB3sQXU2TpeSGr"})
+        )
+    );
+    assert_eq!(
+        second,
+        (
+            StatusCode::OK,
+            json!({"status": "duplicate", "event_id": "evt_1QYXcx6XjhfB3sQXU2TpeSGr"})
+        )
+    );
+    assert_eq!(app.store.status().await.unwrap().events, 1);
+}
+
+async fn concurrent_deliveries_of_one_event_store_it_once(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let body = fixture("redelivery/customer_created.json");
+
+    let deliveries = (0..8).map(|_| app.deliver(&body));
+    let answers = futures_util::future::join_all(deliveries).await;
+
+    let statuses: Vec<&str> = answers
+        .iter()
+        .map(|(code, body)| {
+            assert_eq!(*code, StatusCode::OK);
+            body["status"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == "stored").count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == "duplicate").count(),
+        7,
+        "{statuses:?}"
+    );
+    assert_eq!(app.store.status().await.unwrap().events, 1);
+}
+
+async fn verified_events_of_other_types_are_acknowledged_and_not_stored(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+
+    let invoice = app.deliver_fixture("other/invoice_paid.json").await;
+    let thin = app
+        .deliver_fixture("other/thin_v1_customer_updated.json")
+        .await;
+
+    assert_eq!(
+        invoice,
+        (
+            StatusCode::OK,
+            json!({"status": "ignored", "event_id": "evt_1QyvXlGSWtKuf0jtzQNby9kR"})
+        )
+    );
+    assert_eq!(
+        thin,
+        (
+            StatusCode::OK,
+            json!({"status": "ignored", "event_id": "evt_test_65ZVR7wrmCj4SgVRlCXxsIyerzEmvSzn9zu5wcQIKH"})
+        )
+    );
+    assert_eq!(app.store.status().await.unwrap().events, 0);
+}
+
+async fn missing_signature_is_400(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (status, body) = app
+        .post_webhook(&fixture("redelivery/customer_created.json"), None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "missing_signature");
+    assert!(body["message"].is_string());
+}
+
+async fn unparsable_header_or_missing_t_or_v1_is_malformed(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let body = fixture("redelivery/customer_created.json");
+    let valid = sign(SECRET, now(), &body);
+    let v1 = valid.split_once(",v1=").unwrap().1.to_owned();
+    for header in [
+        "garbage".to_owned(),
+        format!("v1={v1}"),
+        format!("t={}", now()),
+        format!("t=12x,v1={v1}"),
+    ] {
+        let (status, answer) = app.post_webhook(&body, Some(&header)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{header}");
+        assert_eq!(answer["error"], "malformed_signature", "{header}");
+    }
+    assert_eq!(app.store.status().await.unwrap().events, 0);
+}
+
+async fn stale_or_future_timestamp_is_out_of_tolerance(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let body = fixture("redelivery/customer_created.json");
+    for timestamp in [now() - 301 - 5, now() + 301 + 5] {
+        let header = sign(SECRET, timestamp, &body);
+        let (status, answer) = app.post_webhook(&body, Some(&header)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(answer["error"], "timestamp_out_of_tolerance");
+    }
+    assert_eq!(app.store.status().await.unwrap().events, 0);
+}
+
+async fn wrong_signature_is_a_mismatch_whatever_its_timestamp(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let body = fixture("redelivery/customer_created.json");
+    let cases = [
+        sign("whsec_someone_else", now(), &body),
+        sign("whsec_someone_else", now() - 10_000, &body),
+        sign(SECRET, now(), b"another body"),
+    ];
+    for header in cases {
+        let (status, answer) = app.post_webhook(&body, Some(&header)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(answer["error"], "signature_mismatch");
+    }
+    assert_eq!(app.store.status().await.unwrap().events, 0);
+}
+
+async fn any_configured_secret_and_any_v1_may_match(backend: Backend) {
+    let config = AppConfig {
+        secrets: vec!["whsec_new".into(), "whsec_old".into()],
+        ..AppConfig::default()
+    };
+    let app = TestApp::spawn_with(backend, config).await;
+    let body = fixture("redelivery/customer_created.json");
+    let t = now();
+    let old = sign("whsec_old", t, &body);
+    let unknown = sign("whsec_unknown", t, &body);
+    // During a roll Stripe sends one v1 per active secret; ours need not be the last.
+    let header = format!("{old},v1={}", unknown.split_once(",v1=").unwrap().1);
+
+    let (status, answer) = app.post_webhook(&body, Some(&header)).await;
+
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["status"], "stored");
+}
+
+async fn signed_body_that_is_not_an_event_is_invalid_payload(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut no_created = fixture_json("redelivery/customer_created.json");
+    no_created.as_object_mut().unwrap().remove("created");
+    let mut no_livemode = fixture_json("redelivery/customer_created.json");
+    no_livemode["livemode"] = json!(null);
+    let mut no_object = fixture_json("redelivery/customer_created.json");
+    no_object["data"] = json!({"object": "cus_1"});
+    let bodies = [
+        b"not json".to_vec(),
+        b"[1,2,3]".to_vec(),
+        br#"{"type":"customer.created"}"#.to_vec(),
+        br#"{"id":"evt_1"}"#.to_vec(),
+        br#"{"id":7,"type":"invoice.paid"}"#.to_vec(),
+        no_created.to_string().into_bytes(),
+        no_livemode.to_string().into_bytes(),
+        no_object.to_string().into_bytes(),
+    ];
+    for body in bodies {
+        let (status, answer) = app.deliver(&body).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(
+            answer["error"],
+            "invalid_payload",
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    assert_eq!(app.store.status().await.unwrap().events, 0);
+}
+
+async fn body_over_the_limit_is_413_before_any_other_check(backend: Backend) {
+    let config = AppConfig {
+        max_body_bytes: 1024,
+        ..AppConfig::default()
+    };
+    let app = TestApp::spawn_with(backend, config).await;
+    let at_limit = created("evt_at_limit", "acct_1", "cus_1", "a@example.com", 1);
+    let mut at_limit_body = at_limit.to_string().into_bytes();
+    at_limit_body.resize(1024, b' '); // JSON allows trailing whitespace
+
+    let (ok, _) = app.deliver(&at_limit_body).await;
+    let (signed, signed_answer) = app.deliver(&[b' '; 1025]).await;
+    let (unsigned, unsigned_answer) = app.post_webhook(&[b' '; 4096], None).await;
+
+    assert_eq!(ok, StatusCode::OK);
+    assert_eq!(signed, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(signed_answer["error"], "payload_too_large");
+    assert_eq!(unsigned, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(unsigned_answer["error"], "payload_too_large");
+}
+
+async fn store_that_cannot_commit_answers_503_and_recovers(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let body = fixture("redelivery/customer_created.json");
+    // Break the store from outside, as a failing disk or a lost table would.
+    app.db
+        .execute("ALTER TABLE events RENAME TO events_away")
+        .await;
+
+    let (status, answer) = app.deliver(&body).await;
+
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer["error"], "store_unavailable");
+    assert!(
+        !answer["message"].as_str().unwrap().contains("events_away"),
+        "no internals in the body"
+    );
+
+    app.db
+        .execute("ALTER TABLE events_away RENAME TO events")
+        .await;
+    let (status, answer) = app.deliver(&body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        answer["status"], "stored",
+        "the failed delivery left nothing behind"
+    );
+}
+
+async fn health_and_readiness_answer(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    assert_eq!(app.get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(
+        app.get("/readyz").await,
+        (StatusCode::OK, json!({"status": "ready"}))
+    );
+}
+
+on_both_backends!(
+    new_customer_event_is_stored_with_its_account_tag_and_raw_payload,
+    redelivery_is_stored_once_and_answered_duplicate,
+    concurrent_deliveries_of_one_event_store_it_once,
+    verified_events_of_other_types_are_acknowledged_and_not_stored,
+    missing_signature_is_400,
+    unparsable_header_or_missing_t_or_v1_is_malformed,
+    stale_or_future_timestamp_is_out_of_tolerance,
+    wrong_signature_is_a_mismatch_whatever_its_timestamp,
+    any_configured_secret_and_any_v1_may_match,
+    signed_body_that_is_not_an_event_is_invalid_payload,
+    body_over_the_limit_is_413_before_any_other_check,
+    store_that_cannot_commit_answers_503_and_recovers,
+    health_and_readiness_answer,
+);
