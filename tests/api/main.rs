@@ -4,3 +4,5 @@
 #[macro_use]
 mod helpers;
 mod webhook;
+mod lookup;
+mod rules;
