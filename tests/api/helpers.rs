@@ -1,7 +1,7 @@
 //! Test harness: a real server on a bound port over a fresh database of either backend.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use reqwest::StatusCode;
@@ -92,10 +92,6 @@ impl TestDb {
                 }
             }
         }
-    }
-
-    pub fn path(&self) -> Option<PathBuf> {
-        self.url.strip_prefix("sqlite:").map(PathBuf::from)
     }
 
     /// Runs SQL on a connection of its own, outside the store: to damage or inspect the

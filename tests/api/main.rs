@@ -6,3 +6,6 @@ mod helpers;
 mod webhook;
 mod lookup;
 mod rules;
+mod process;
+mod crash;
+mod cli;

@@ -1,0 +1,118 @@
+//! The command line: exit codes, one-line errors, no secrets in output.
+
+use std::process::Output;
+
+use crate::helpers::{created, Backend, TestApp, TestDb};
+use crate::process::{command, run, Served};
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A person's mistake: exit 2, one clear line, no panic, no backtrace.
+fn assert_usage_error(output: &Output, mentions: &str) {
+    let text = stderr(output);
+    assert_eq!(output.status.code(), Some(2), "stderr: {text}");
+    assert_eq!(text.trim_end().lines().count(), 1, "one line, got: {text}");
+    assert!(text.starts_with("error: ") && text.contains(mentions), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+}
+
+#[test]
+fn serve_without_a_webhook_secret_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("db").display());
+    assert_usage_error(&run(&url, &["serve"]), "STRIPE_WEBHOOK_SECRET");
+}
+
+#[test]
+fn bad_database_url_bad_flag_and_bad_values_exit_2() {
+    assert_usage_error(&run("mysql://localhost/x", &["status"]), "DATABASE_URL");
+    assert_usage_error(&run("postgres://u:p@host:notaport/db", &["status"]), "DATABASE_URL");
+    assert_usage_error(&run("sqlite::memory:", &["serve", "--no-such-flag"]), "--no-such-flag");
+    assert_usage_error(&run("sqlite::memory:", &["lookup", "--account", "acct_1"]), "--email");
+    assert_usage_error(&run("sqlite::memory:", &["lookup", "--account", "a", "--email", "e", "--livemode", "yes"]), "livemode");
+    let output = command("sqlite::memory:")
+        .args(["serve", "--listen-addr", "not-an-address"])
+        .env("STRIPE_WEBHOOK_SECRET", "whsec_x")
+        .output()
+        .unwrap();
+    assert_usage_error(&output, "listen-addr");
+}
+
+#[test]
+fn errors_never_print_the_secret_or_the_database_password() {
+    let output = command("postgres://user:hunter2@127.0.0.1:1/db")
+        .arg("serve")
+        .env("STRIPE_WEBHOOK_SECRET", "whsec_must_not_leak")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", stderr(&output), String::from_utf8_lossy(&output.stdout));
+    assert_eq!(output.status.code(), Some(1), "an unreachable database is not a usage error: {text}");
+    assert!(!text.contains("whsec_must_not_leak") && !text.contains("hunter2"), "{text}");
+    let help = command("postgres://user:hunter2@host/db").arg("--help").output().unwrap();
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("hunter2"));
+}
+
+async fn lookup_exit_codes_are_0_found_1_not_found_3_ambiguous(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut live = created("evt_live", "acct_1", "cus_live", "Both@Example.com", 1);
+    live["livemode"] = true.into();
+    app.deliver_json(&created("evt_test", "acct_1", "cus_test", "both@example.com", 1)).await;
+    let url = app.db.url.clone();
+    let lookup = |extra: &[&str]| {
+        let mut args = vec!["lookup", "--account", "acct_1", "--email", " BOTH@example.com"];
+        args.extend_from_slice(extra);
+        run(&url, &args)
+    };
+
+    let found = lookup(&[]);
+    let not_found = lookup(&["--livemode", "true"]);
+    app.deliver_json(&live).await;
+    let ambiguous = lookup(&[]);
+    let live_found = lookup(&["--livemode", "true"]);
+
+    assert_eq!(found.status.code(), Some(0));
+    let body: serde_json::Value = serde_json::from_slice(&found.stdout).unwrap();
+    assert_eq!(body["customer_id"], "cus_test");
+    assert_eq!(body["email"], "both@example.com");
+    assert_eq!(not_found.status.code(), Some(1));
+    assert_eq!(ambiguous.status.code(), Some(3));
+    assert_eq!(live_found.status.code(), Some(0));
+}
+
+async fn status_prints_counts_as_json(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.deliver_fixture("seed/01_customer_created_organizer_a.json").await;
+    app.deliver_fixture("other/customer_created_not_a_customer.json").await;
+
+    let output = run(&app.db.url, &["status"]);
+
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let body: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(body["events"], 2);
+    assert_eq!(body["customers"], 1);
+    assert_eq!(body["projection_errors"], 1);
+    assert!(body["projection_position"].as_i64().unwrap() >= 2);
+}
+
+async fn migrate_creates_the_schema_and_serve_stops_cleanly_on_sigterm(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let migrated = run(&db.url, &["migrate"]);
+    assert_eq!(migrated.status.code(), Some(0), "{}", stderr(&migrated));
+    let again = run(&db.url, &["migrate"]);
+    assert_eq!(again.status.code(), Some(0), "migrate is idempotent: {}", stderr(&again));
+
+    let mut served = Served::start(&db.url);
+    let pid = served.child.id().to_string();
+    let signalled = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(signalled.success());
+    let exit = served.child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0), "graceful stop exits 0");
+}
+
+on_both_backends!(
+    lookup_exit_codes_are_0_found_1_not_found_3_ambiguous,
+    status_prints_counts_as_json,
+    migrate_creates_the_schema_and_serve_stops_cleanly_on_sigterm,
+);
