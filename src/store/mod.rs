@@ -250,9 +250,10 @@ impl Store {
 
     /// Whether the database answers: readiness.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        Ok(match self {
-            Self::Sqlite(s) => sqlite::queries::ping(&s.writer).await?,
+        match self {
+            Self::Sqlite(s) => sqlite::queries::ping(&s.reader).await?,
             Self::Postgres(s) => postgres::queries::ping(&s.pool).await?,
-        })
+        }
+        Ok(())
     }
 }

@@ -146,7 +146,9 @@ pub(in crate::store) async fn canonical(
         .await
 }
 
-pub(in crate::store) async fn all_customers(pool: &Pool<Db>) -> Result<Vec<ProjectedCustomer>, sqlx::Error> {
+pub(in crate::store) async fn all_customers(
+    pool: &Pool<Db>,
+) -> Result<Vec<ProjectedCustomer>, sqlx::Error> {
     sqlx::query_as(ALL_CUSTOMERS).fetch_all(pool).await
 }
 
@@ -154,7 +156,10 @@ pub(in crate::store) async fn event(
     pool: &Pool<Db>,
     event_id: &str,
 ) -> Result<Option<LoggedEvent>, sqlx::Error> {
-    sqlx::query_as(EVENT_BY_ID).bind(event_id).fetch_optional(pool).await
+    sqlx::query_as(EVENT_BY_ID)
+        .bind(event_id)
+        .fetch_optional(pool)
+        .await
 }
 
 pub(in crate::store) async fn status(pool: &Pool<Db>) -> Result<Status, sqlx::Error> {
