@@ -14,7 +14,10 @@ fn assert_usage_error(output: &Output, mentions: &str) {
     let text = stderr(output);
     assert_eq!(output.status.code(), Some(2), "stderr: {text}");
     assert_eq!(text.trim_end().lines().count(), 1, "one line, got: {text}");
-    assert!(text.starts_with("error: ") && text.contains(mentions), "{text}");
+    assert!(
+        text.starts_with("error: ") && text.contains(mentions),
+        "{text}"
+    );
     assert!(!text.contains("panicked"), "{text}");
 }
 
@@ -28,10 +31,33 @@ fn serve_without_a_webhook_secret_exits_2() {
 #[test]
 fn bad_database_url_bad_flag_and_bad_values_exit_2() {
     assert_usage_error(&run("mysql://localhost/x", &["status"]), "DATABASE_URL");
-    assert_usage_error(&run("postgres://u:p@host:notaport/db", &["status"]), "DATABASE_URL");
-    assert_usage_error(&run("sqlite::memory:", &["serve", "--no-such-flag"]), "--no-such-flag");
-    assert_usage_error(&run("sqlite::memory:", &["lookup", "--account", "acct_1"]), "--email");
-    assert_usage_error(&run("sqlite::memory:", &["lookup", "--account", "a", "--email", "e", "--livemode", "yes"]), "livemode");
+    assert_usage_error(
+        &run("postgres://u:p@host:notaport/db", &["status"]),
+        "DATABASE_URL",
+    );
+    assert_usage_error(
+        &run("sqlite::memory:", &["serve", "--no-such-flag"]),
+        "--no-such-flag",
+    );
+    assert_usage_error(
+        &run("sqlite::memory:", &["lookup", "--account", "acct_1"]),
+        "--email",
+    );
+    assert_usage_error(
+        &run(
+            "sqlite::memory:",
+            &[
+                "lookup",
+                "--account",
+                "a",
+                "--email",
+                "e",
+                "--livemode",
+                "yes",
+            ],
+        ),
+        "livemode",
+    );
     let output = command("sqlite::memory:")
         .args(["serve", "--listen-addr", "not-an-address"])
         .env("STRIPE_WEBHOOK_SECRET", "whsec_x")
@@ -47,10 +73,24 @@ fn errors_never_print_the_secret_or_the_database_password() {
         .env("STRIPE_WEBHOOK_SECRET", "whsec_must_not_leak")
         .output()
         .unwrap();
-    let text = format!("{}{}", stderr(&output), String::from_utf8_lossy(&output.stdout));
-    assert_eq!(output.status.code(), Some(1), "an unreachable database is not a usage error: {text}");
-    assert!(!text.contains("whsec_must_not_leak") && !text.contains("hunter2"), "{text}");
-    let help = command("postgres://user:hunter2@host/db").arg("--help").output().unwrap();
+    let text = format!(
+        "{}{}",
+        stderr(&output),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "an unreachable database is not a usage error: {text}"
+    );
+    assert!(
+        !text.contains("whsec_must_not_leak") && !text.contains("hunter2"),
+        "{text}"
+    );
+    let help = command("postgres://user:hunter2@host/db")
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(!String::from_utf8_lossy(&help.stdout).contains("hunter2"));
 }
 
@@ -58,10 +98,23 @@ async fn lookup_exit_codes_are_0_found_1_not_found_3_ambiguous(backend: Backend)
     let app = TestApp::spawn(backend).await;
     let mut live = created("evt_live", "acct_1", "cus_live", "Both@Example.com", 1);
     live["livemode"] = true.into();
-    app.deliver_json(&created("evt_test", "acct_1", "cus_test", "both@example.com", 1)).await;
+    app.deliver_json(&created(
+        "evt_test",
+        "acct_1",
+        "cus_test",
+        "both@example.com",
+        1,
+    ))
+    .await;
     let url = app.db.url.clone();
     let lookup = |extra: &[&str]| {
-        let mut args = vec!["lookup", "--account", "acct_1", "--email", " BOTH@example.com"];
+        let mut args = vec![
+            "lookup",
+            "--account",
+            "acct_1",
+            "--email",
+            " BOTH@example.com",
+        ];
         args.extend_from_slice(extra);
         run(&url, &args)
     };
@@ -83,8 +136,10 @@ async fn lookup_exit_codes_are_0_found_1_not_found_3_ambiguous(backend: Backend)
 
 async fn status_prints_counts_as_json(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    app.deliver_fixture("seed/01_customer_created_organizer_a.json").await;
-    app.deliver_fixture("other/customer_created_not_a_customer.json").await;
+    app.deliver_fixture("seed/01_customer_created_organizer_a.json")
+        .await;
+    app.deliver_fixture("other/customer_created_not_a_customer.json")
+        .await;
 
     let output = run(&app.db.url, &["status"]);
 
@@ -101,11 +156,19 @@ async fn migrate_creates_the_schema_and_serve_stops_cleanly_on_sigterm(backend: 
     let migrated = run(&db.url, &["migrate"]);
     assert_eq!(migrated.status.code(), Some(0), "{}", stderr(&migrated));
     let again = run(&db.url, &["migrate"]);
-    assert_eq!(again.status.code(), Some(0), "migrate is idempotent: {}", stderr(&again));
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "migrate is idempotent: {}",
+        stderr(&again)
+    );
 
     let mut served = Served::start(&db.url);
     let pid = served.child.id().to_string();
-    let signalled = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(signalled.success());
     let exit = served.child.wait().unwrap();
     assert_eq!(exit.code(), Some(0), "graceful stop exits 0");

@@ -18,9 +18,18 @@ async fn every_acknowledged_event_survives_sigkill(backend: Backend) {
     let url = format!("{}/webhooks/stripe", served.base);
 
     let deliveries = (0..EVENTS).map(|i| {
-        let event = created(&format!("evt_crash_{i:04}"), &format!("acct_{}", i % 7), &format!("cus_{i:04}"), &format!("buyer{i}@example.com"), 1_700_000_000 + i as i64);
+        let event = created(
+            &format!("evt_crash_{i:04}"),
+            &format!("acct_{}", i % 7),
+            &format!("cus_{i:04}"),
+            &format!("buyer{i}@example.com"),
+            1_700_000_000 + i as i64,
+        );
         let body = event.to_string();
-        let request = client.post(&url).header("Stripe-Signature", sign(SECRET, now(), body.as_bytes())).body(body);
+        let request = client
+            .post(&url)
+            .header("Stripe-Signature", sign(SECRET, now(), body.as_bytes()))
+            .body(body);
         async move { (i, request.send().await) }
     });
     let mut acknowledged = BTreeSet::new();
@@ -31,14 +40,25 @@ async fn every_acknowledged_event_survives_sigkill(backend: Backend) {
         }
     }
     served.kill();
-    assert_eq!(acknowledged.len(), EVENTS, "a healthy server acknowledges every delivery");
+    assert_eq!(
+        acknowledged.len(),
+        EVENTS,
+        "a healthy server acknowledges every delivery"
+    );
 
     let restarted = Served::start(&db.url);
     let store = db.store().await;
     for &i in &acknowledged {
         let event_id = format!("evt_crash_{i:04}");
-        assert!(store.event(&event_id).await.unwrap().is_some(), "{event_id} was acknowledged but is not in the log");
-        let lookup = format!("{}/v1/customers?account=acct_{}&email=buyer{i}%40example.com&livemode=false", restarted.base, i % 7);
+        assert!(
+            store.event(&event_id).await.unwrap().is_some(),
+            "{event_id} was acknowledged but is not in the log"
+        );
+        let lookup = format!(
+            "{}/v1/customers?account=acct_{}&email=buyer{i}%40example.com&livemode=false",
+            restarted.base,
+            i % 7
+        );
         let (status, body) = into_json(client.get(&lookup).send().await.unwrap()).await;
         assert_eq!(status, StatusCode::OK, "{event_id}: {body}");
         assert_eq!(body["customer_id"], format!("cus_{i:04}"));

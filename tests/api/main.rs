@@ -3,9 +3,10 @@
 
 #[macro_use]
 mod helpers;
-mod webhook;
-mod lookup;
-mod rules;
-mod process;
-mod crash;
 mod cli;
+mod crash;
+mod lookup;
+mod permutation;
+mod process;
+mod rules;
+mod webhook;

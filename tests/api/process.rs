@@ -11,17 +11,29 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_stripe-projector");
 pub fn command(database_url: &str) -> Command {
     let mut command = Command::new(BIN);
     for name in [
-        "DATABASE_URL", "STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_TOLERANCE_SECS", "LISTEN_ADDR",
-        "PLATFORM_ACCOUNT_ID", "READ_API_TOKEN", "MAX_BODY_BYTES", "LOG_FORMAT", "RUST_LOG",
+        "DATABASE_URL",
+        "STRIPE_WEBHOOK_SECRET",
+        "STRIPE_WEBHOOK_TOLERANCE_SECS",
+        "LISTEN_ADDR",
+        "PLATFORM_ACCOUNT_ID",
+        "READ_API_TOKEN",
+        "MAX_BODY_BYTES",
+        "LOG_FORMAT",
+        "RUST_LOG",
     ] {
         command.env_remove(name);
     }
-    command.env("DATABASE_URL", database_url).env("RUST_BACKTRACE", "0");
+    command
+        .env("DATABASE_URL", database_url)
+        .env("RUST_BACKTRACE", "0");
     command
 }
 
 pub fn run(database_url: &str, args: &[&str]) -> Output {
-    command(database_url).args(args).output().expect("run the binary")
+    command(database_url)
+        .args(args)
+        .output()
+        .expect("run the binary")
 }
 
 /// A `serve` process on a free port, killed when dropped.
@@ -43,7 +55,9 @@ impl Served {
         // `serve` prints its bound address once it accepts connections.
         let stdout = child.stdout.take().expect("piped stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
         let base = line
             .trim()
             .strip_prefix("listening on ")
