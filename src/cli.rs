@@ -256,9 +256,9 @@ async fn lookup(database_url: &str, args: LookupArgs) -> Result<ExitCode, Failur
         .await
         .map_err(|e| Failure::runtime("lookup failed (has `migrate` run?)", e))?;
     let (body, code) = match answer {
-        Lookup::Found(customer) => (serde_json::to_value(customer), 0),
-        Lookup::NotFound => (Ok(serde_json::json!({ "error": "not_found" })), 1),
-        Lookup::AmbiguousLivemode => (Ok(serde_json::json!({ "error": "ambiguous_livemode" })), 3),
+        Lookup::Found(customer) => (serde_json::to_string(&customer), 0),
+        Lookup::NotFound => (Ok(r#"{"error":"not_found"}"#.to_owned()), 1),
+        Lookup::AmbiguousLivemode => (Ok(r#"{"error":"ambiguous_livemode"}"#.to_owned()), 3),
     };
     let body = body.map_err(|e| Failure::runtime("cannot print the answer", e))?;
     println!("{body}");

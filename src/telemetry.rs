@@ -1,5 +1,7 @@
 //! Logging: human-readable text or JSON lines on stderr, filtered by `RUST_LOG`.
 
+use std::io::IsTerminal;
+
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
 
@@ -17,6 +19,7 @@ pub fn init(format: LogFormat) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // try_init: a second initialisation (tests embedding the library) is not an error.
     let _ = match format {
