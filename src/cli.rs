@@ -227,6 +227,7 @@ async fn serve(database_url: &str, args: ServeArgs) -> Result<ExitCode, Failure>
         options,
     )
     .map_err(|e| Failure::runtime("cannot start the server", e))?;
+    http::stop_on_signals(&server).map_err(|e| Failure::runtime("cannot handle signals", e))?;
     // Operators and tests read the bound address here (LISTEN_ADDR may use port 0).
     println!("listening on http://{local}");
     tracing::info!(%local, "serving");

@@ -51,8 +51,8 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(ops::readyz));
 }
 
-/// Builds the server on an already bound listener (port 0 in tests). Signals
-/// (SIGINT/SIGTERM) stop it gracefully: no new connections, in-flight requests finish.
+/// Builds the server on an already bound listener (port 0 in tests). It does not handle
+/// signals itself: the caller stops it through its handle (see `stop_on_signals`).
 pub fn server(
     state: AppState,
     listener: TcpListener,
@@ -62,7 +62,28 @@ pub fn server(
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
         .workers(options.workers)
         .shutdown_timeout(options.shutdown_timeout.as_secs())
+        .disable_signals()
         .listen(listener)?
         .run();
     Ok(server)
+}
+
+/// Stops the server gracefully (no new connections; in-flight requests finish and commit)
+/// on the first SIGTERM or SIGINT. The handlers are installed before this returns, so a
+/// signal that arrives as soon as the server is announced is never lost.
+#[cfg(unix)]
+pub fn stop_on_signals(server: &Server) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let handle = server.handle();
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "stopping: finishing in-flight requests");
+        handle.stop(true).await;
+    });
+    Ok(())
 }
