@@ -55,13 +55,20 @@ pub enum StoreError {
 /// Where an event in the log came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
+    /// Delivered to `POST /webhooks/stripe`.
     Webhook,
+    /// Backfilled from a Stripe event export by `import`.
+    Import,
+    /// Recorded from Stripe's answer to our own API call (checkout's get-or-create).
+    Api,
 }
 
 impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Webhook => "webhook",
+            Source::Import => "import",
+            Source::Api => "api",
         }
     }
 }
