@@ -9,6 +9,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{self, WebhookConfig};
 use crate::http::{self, AppState, ServerOptions};
 use crate::lookup::LookupRequest;
+use crate::replay::{self, Progress};
+use crate::secret::Secret;
+use crate::store::RebuildKind;
 use crate::store::{DatabaseUrl, Lookup, Store};
 use crate::telemetry::LogFormat;
 
@@ -55,6 +58,57 @@ enum Command {
     Lookup(LookupArgs),
     /// Print counts as JSON: events, customers, projection position and errors.
     Status,
+    /// Rebuild the customer table from the event log and swap it in atomically.
+    Replay(ReplayArgs),
+    /// Append events from Stripe event exports (list object, array, one event or JSON
+    /// Lines; `-` is stdin). Exit 0 when none was rejected, 1 otherwise, 2 unreadable.
+    Import(ImportArgs),
+    /// Remove old snapshots that a newer snapshot of the same customer supersedes.
+    Prune(PruneArgs),
+    /// Sign event files like Stripe does and POST them to a running server.
+    Send(SendArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// Rebuild aside and compare with the live table; print differences, change nothing.
+    /// Exit 1 when they differ.
+    #[arg(long)]
+    verify: bool,
+}
+
+#[derive(Debug, Args)]
+struct ImportArgs {
+    /// Export files; `-` reads standard input.
+    #[arg(required = true)]
+    files: Vec<String>,
+
+    /// Account tag for events without `account` (the platform's own events).
+    #[arg(long, env = "PLATFORM_ACCOUNT_ID", default_value = "platform")]
+    platform_account_id: String,
+}
+
+#[derive(Debug, Args)]
+struct PruneArgs {
+    /// Only events whose `created` is more than this many days ago are considered.
+    #[arg(long, value_name = "DAYS")]
+    older_than: u32,
+}
+
+#[derive(Debug, Args)]
+struct SendArgs {
+    /// Event files (one JSON event each), sent in order.
+    #[arg(required = true)]
+    files: Vec<String>,
+
+    /// Webhook endpoint [default: http://$LISTEN_ADDR/webhooks/stripe, LISTEN_ADDR
+    /// defaulting to 127.0.0.1:8080].
+    #[arg(long)]
+    url: Option<String>,
+
+    /// Signing secret [default: the first of STRIPE_WEBHOOK_SECRET].
+    #[arg(long, hide_env_values = true)]
+    secret: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +209,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Migrate => migrate(&cli.database_url).await,
         Command::Lookup(args) => lookup(&cli.database_url, args).await,
         Command::Status => status(&cli.database_url).await,
+        Command::Replay(args) => replay(&cli.database_url, args).await,
+        Command::Import(args) => import(&cli.database_url, args).await,
+        Command::Prune(args) => prune(&cli.database_url, args).await,
+        Command::Send(args) => send(args).await,
     };
     result.unwrap_or_else(Failure::report)
 }
@@ -276,4 +334,194 @@ async fn status(database_url: &str) -> Result<ExitCode, Failure> {
         serde_json::to_string(&status).map_err(|e| Failure::runtime("cannot print status", e))?;
     println!("{body}");
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string(value).map_err(|e| Failure::runtime("cannot print", e))?;
+    println!("{text}");
+    Ok(())
+}
+
+async fn replay(database_url: &str, args: ReplayArgs) -> Result<ExitCode, Failure> {
+    let store = open_migrated_store(database_url).await?;
+    let kind = if args.verify {
+        RebuildKind::Verify
+    } else {
+        RebuildKind::Replace
+    };
+    let bar = ProgressBar::on_terminal();
+    let report = replay::rebuild(&store, kind, &bar)
+        .await
+        .map_err(|e| Failure::runtime("replay failed", e))?;
+    let seconds = report.elapsed.as_secs_f64();
+    if args.verify {
+        for difference in &report.differences {
+            println!("{difference}");
+        }
+        let differing = report.differences.len();
+        println!(
+            "verified {} events in {seconds:.2} s: {differing} customers differ",
+            report.events
+        );
+        return Ok(if differing == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    let status = store
+        .status()
+        .await
+        .map_err(|e| Failure::runtime("cannot read status", e))?;
+    println!(
+        "replayed {} events into {} customers ({} deleted) in {seconds:.2} s",
+        report.events, status.customers, status.deleted_customers
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on stderr when it is a terminal; nothing otherwise.
+struct ProgressBar(Option<indicatif::ProgressBar>);
+
+impl ProgressBar {
+    fn on_terminal() -> Self {
+        use std::io::IsTerminal;
+        Self(
+            std::io::stderr()
+                .is_terminal()
+                .then(indicatif::ProgressBar::hidden),
+        )
+    }
+}
+
+impl Progress for ProgressBar {
+    fn start(&self, total_events: u64) {
+        if let Some(bar) = &self.0 {
+            bar.set_length(total_events);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} events {per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+    }
+
+    fn advance(&self, events: u64) {
+        if let Some(bar) = &self.0 {
+            bar.set_position(events);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Reads a file, or standard input for `-`, before any work starts. Unreadable input is
+/// a usage error (exit 2).
+fn read_input(path: &str) -> Result<Vec<u8>, Failure> {
+    let read = if path == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).map(|_| bytes)
+    } else {
+        std::fs::read(path)
+    };
+    read.map_err(|e| Failure::Usage(format!("cannot read {path}: {e}")))
+}
+
+async fn import(database_url: &str, args: ImportArgs) -> Result<ExitCode, Failure> {
+    let platform = config::parse_platform_account(&args.platform_account_id)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let mut inputs = Vec::with_capacity(args.files.len());
+    for path in &args.files {
+        let bytes = read_input(path)?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| Failure::Usage(format!("cannot read {path}: not UTF-8 text")))?;
+        inputs.push((path, text));
+    }
+    let store = open_migrated_store(database_url).await?;
+    let mut counts = crate::import::ImportCounts::default();
+    for (path, text) in &inputs {
+        let rejections = crate::import::import(&store, &platform, text, &mut counts)
+            .await
+            .map_err(|e| {
+                Failure::runtime(
+                    &format!("import of {path} stopped (re-running it skips what was imported)"),
+                    e,
+                )
+            })?;
+        for rejection in rejections {
+            eprintln!(
+                "rejected {path} {}: {}",
+                rejection.position, rejection.reason
+            );
+        }
+    }
+    print_json(&counts)?;
+    Ok(if counts.rejected == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn prune(database_url: &str, args: PruneArgs) -> Result<ExitCode, Failure> {
+    let store = open_migrated_store(database_url).await?;
+    let older_than = chrono::Utc::now().timestamp() - i64::from(args.older_than) * 86_400;
+    let removed = store
+        .prune_superseded(older_than)
+        .await
+        .map_err(|e| Failure::runtime("prune failed", e))?;
+    print_json(
+        &serde_json::json!({ "removed_superseded_snapshots": removed, "created_before": older_than }),
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn send(args: SendArgs) -> Result<ExitCode, Failure> {
+    let url = match args.url {
+        Some(url) => url,
+        None => {
+            let addr = env_var("LISTEN_ADDR")?.unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+            format!("http://{addr}/webhooks/stripe")
+        }
+    };
+    let url = reqwest::Url::parse(&url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .ok_or_else(|| Failure::Usage(format!("--url {url} is not an http(s) URL")))?;
+    let secret = match args.secret {
+        Some(secret) => Secret::new(secret),
+        None => config::parse_webhook_secrets(env_var("STRIPE_WEBHOOK_SECRET")?.as_deref())
+            .map_err(|_| Failure::Usage("give --secret or set STRIPE_WEBHOOK_SECRET".into()))?
+            .swap_remove(0),
+    };
+    let mut bodies = Vec::with_capacity(args.files.len());
+    for path in &args.files {
+        bodies.push((path, read_input(path)?));
+    }
+    let client = reqwest::Client::new();
+    let mut all_accepted = true;
+    for (path, body) in bodies {
+        let now = chrono::Utc::now().timestamp();
+        match crate::send::deliver(&client, &url, &secret, body, now).await {
+            Ok(answer) => {
+                all_accepted &= answer.accepted();
+                println!("{path}: {} {}", answer.status, answer.body);
+            }
+            Err(e) => {
+                all_accepted = false;
+                eprintln!("error: {path}: cannot deliver to {url}: {e}");
+            }
+        }
+    }
+    Ok(if all_accepted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

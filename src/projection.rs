@@ -85,6 +85,55 @@ impl Version {
     }
 }
 
+impl Version {
+    /// Reads back [`Version::encode`]'s text (for reports); `None` if it is not one.
+    pub fn decode(text: &str) -> Option<Self> {
+        let deleted = match text.get(0..1)? {
+            "0" => false,
+            "1" => true,
+            _ => return None,
+        };
+        let shifted: u64 = text.get(1..21)?.parse().ok()?;
+        let created = i64::try_from(i128::from(shifted) + i128::from(i64::MIN)).ok()?;
+        let rank = match text.get(21..22)? {
+            "0" => TypeRank::Created,
+            "1" => TypeRank::Updated,
+            "2" => TypeRank::Deleted,
+            _ => return None,
+        };
+        let event_id = EventId::parse(text.get(22..)?).ok()?;
+        Some(Self {
+            deleted,
+            created,
+            rank,
+            event_id,
+        })
+    }
+}
+
+/// A snapshot with the account and mode it belongs to: one row of the customer table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Projected {
+    pub account: AccountId,
+    pub livemode: bool,
+    pub snapshot: Snapshot,
+}
+
+impl Projected {
+    pub fn new(event: &CustomerEvent, snapshot: Snapshot) -> Self {
+        Self {
+            account: event.account.clone(),
+            livemode: event.livemode,
+            snapshot,
+        }
+    }
+
+    /// The row's identity; also the order in which rows are locked.
+    pub fn key(&self) -> (&AccountId, bool, &CustomerId) {
+        (&self.account, self.livemode, &self.snapshot.customer_id)
+    }
+}
+
 /// What a `customer.*` event contributes to the customer table.
 pub fn effect_of(event: &CustomerEvent) -> Effect {
     let Some(rank) = TypeRank::of(&event.event_type) else {
@@ -314,6 +363,10 @@ mod tests {
         versions.reverse();
         versions.sort_by_key(Version::encode);
         assert_eq!(versions, sorted);
+        for version in &sorted {
+            assert_eq!(Version::decode(&version.encode()).as_ref(), Some(version));
+        }
+        assert_eq!(Version::decode("garbage"), None);
     }
 
     #[test]

@@ -6,10 +6,11 @@
 mod postgres;
 mod sqlite;
 
+use futures_util::stream::{BoxStream, StreamExt};
 use serde::Serialize;
 
 use crate::domain::{AccountId, EmailKey};
-use crate::projection::Effect;
+use crate::projection::{Effect, Projected};
 use crate::stripe::event::CustomerEvent;
 
 pub use postgres::PgStore;
@@ -141,6 +142,59 @@ pub struct LoggedEvent {
     pub projection_error: Option<String>,
 }
 
+/// A row of the log as a rebuild reads it: the envelope columns and the payload.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LogRecord {
+    pub seq: i64,
+    pub event_id: String,
+    pub account: String,
+    pub event_type: String,
+    pub created: i64,
+    pub livemode: bool,
+    pub payload: String,
+}
+
+/// A customer row on which a rebuild and the live table disagree. `expected_*` are the
+/// rebuild's (absent: the rebuild has no such customer), `actual_*` the live table's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Difference {
+    pub account: String,
+    pub livemode: bool,
+    pub customer_id: String,
+    pub expected_email: Option<String>,
+    pub expected_version: Option<String>,
+    pub actual_email: Option<String>,
+    pub actual_version: Option<String>,
+}
+
+/// What a rebuild does with the table it builds aside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebuildKind {
+    /// Swap it in for the live customer table (`replay`).
+    Replace,
+    /// Compare it with the live table, then drop it (`replay --verify`).
+    Verify,
+}
+
+/// A rebuild in progress: its aside table and the part of the log it reads freely.
+#[derive(Debug)]
+pub struct Rebuild {
+    kind: RebuildKind,
+    /// Makes index and constraint names unique to this rebuild.
+    token: String,
+    /// Every event up to this sequence number had committed when the rebuild started.
+    pub horizon: i64,
+}
+
+impl Rebuild {
+    fn table(&self) -> &'static str {
+        match self.kind {
+            RebuildKind::Replace => "customers_rebuild",
+            RebuildKind::Verify => "customers_verify",
+        }
+    }
+}
+
 /// Counts for `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Status {
@@ -193,6 +247,19 @@ impl Store {
         Ok(match self {
             Self::Sqlite(s) => sqlite::queries::append(&s.writer, event, effect, source).await?,
             Self::Postgres(s) => postgres::queries::append(&s.pool, event, effect, source).await?,
+        })
+    }
+
+    /// Appends many events in one transaction; outcomes in input order. A batch either
+    /// commits whole or not at all.
+    pub async fn append_many(
+        &self,
+        events: &[(CustomerEvent, Effect)],
+        source: Source,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        Ok(match self {
+            Self::Sqlite(s) => sqlite::queries::append_many(&s.writer, events, source).await?,
+            Self::Postgres(s) => postgres::queries::append_many(&s.pool, events, source).await?,
         })
     }
 
@@ -252,6 +319,86 @@ impl Store {
         Ok(match self {
             Self::Sqlite(s) => sqlite::queries::status(&s.reader).await?,
             Self::Postgres(s) => postgres::queries::status(&s.pool).await?,
+        })
+    }
+
+    /// Starts rebuilding the customer table aside (see `replay`). Any aside table left by
+    /// an interrupted rebuild of the same kind is dropped.
+    pub async fn start_rebuild(&self, kind: RebuildKind) -> Result<Rebuild, StoreError> {
+        let token = chrono::Utc::now().timestamp_micros().to_string();
+        let mut rebuild = Rebuild {
+            kind,
+            token,
+            horizon: 0,
+        };
+        let (table, token) = (rebuild.table(), rebuild.token.as_str());
+        rebuild.horizon = match self {
+            Self::Sqlite(s) => sqlite::queries::start_rebuild(&s.writer, table, token).await?,
+            Self::Postgres(s) => postgres::queries::start_rebuild(&s.pool, table, token).await?,
+        };
+        Ok(rebuild)
+    }
+
+    /// How many events a rebuild reads before it blocks appends.
+    pub async fn count_events_upto(&self, upto: i64) -> Result<i64, StoreError> {
+        Ok(match self {
+            Self::Sqlite(s) => sqlite::queries::count_events_upto(&s.reader, upto).await?,
+            Self::Postgres(s) => postgres::queries::count_events_upto(&s.pool, upto).await?,
+        })
+    }
+
+    /// The log from `after` (exclusive) to `upto` (inclusive), streamed in order.
+    pub fn log_range(&self, after: i64, upto: i64) -> BoxStream<'_, Result<LogRecord, StoreError>> {
+        let stream = match self {
+            Self::Sqlite(s) => sqlite::queries::log_range(&s.reader, after, upto),
+            Self::Postgres(s) => postgres::queries::log_range(&s.pool, after, upto),
+        };
+        stream.map(|row| row.map_err(StoreError::from)).boxed()
+    }
+
+    /// Writes projected rows into the rebuild's table (newest snapshot wins, as live).
+    pub async fn write_rebuild(
+        &self,
+        rebuild: &Rebuild,
+        rows: &[Projected],
+    ) -> Result<(), StoreError> {
+        let table = rebuild.table();
+        match self {
+            Self::Sqlite(s) => sqlite::queries::write_rows(&s.writer, table, rows).await?,
+            Self::Postgres(s) => postgres::queries::write_rows(&s.pool, table, rows).await?,
+        }
+        Ok(())
+    }
+
+    /// Finishes a rebuild with appends blocked for a moment: catches up with what arrived
+    /// since it started, then swaps the table in (`Replace`) or returns how it differs
+    /// from the live table (`Verify`, which changes nothing).
+    pub async fn finish_rebuild(
+        &self,
+        rebuild: Rebuild,
+        project: &(dyn Fn(&LogRecord) -> Option<Projected> + Sync),
+    ) -> Result<Vec<Difference>, StoreError> {
+        let (table, token) = (rebuild.table(), rebuild.token.as_str());
+        let swap = rebuild.kind == RebuildKind::Replace;
+        let horizon = rebuild.horizon;
+        Ok(match self {
+            Self::Sqlite(s) => {
+                sqlite::queries::finish_rebuild(&s.writer, table, token, horizon, swap, project)
+                    .await?
+            }
+            Self::Postgres(s) => {
+                postgres::queries::finish_rebuild(&s.pool, table, token, horizon, swap, project)
+                    .await?
+            }
+        })
+    }
+
+    /// Removes snapshots older than `older_than` (unix seconds) that a newer snapshot of
+    /// the same customer supersedes. Returns how many were removed.
+    pub async fn prune_superseded(&self, older_than: i64) -> Result<u64, StoreError> {
+        Ok(match self {
+            Self::Sqlite(s) => sqlite::queries::prune_superseded(&s.writer, older_than).await?,
+            Self::Postgres(s) => postgres::queries::prune_superseded(&s.pool, older_than).await?,
         })
     }
 

@@ -49,3 +49,45 @@ impl PgStore {
         MIGRATOR.run(&self.pool).await
     }
 }
+
+/// The customer table's shape (as in the migrations), for a rebuild's aside table. The
+/// primary key is named per rebuild: constraint names outlive a table rename.
+async fn create_aside(pool: &PgPool, aside: &str, token: &str) -> Result<(), sqlx::Error> {
+    let ddl = format!(
+        r#"CREATE TABLE {aside} (
+            account            TEXT COLLATE "C" NOT NULL,
+            livemode           BOOLEAN NOT NULL,
+            customer_id        TEXT COLLATE "C" NOT NULL,
+            email              TEXT,
+            email_key          TEXT COLLATE "C",
+            name               TEXT,
+            customer_created   BIGINT NOT NULL,
+            deleted            BOOLEAN NOT NULL,
+            version            TEXT COLLATE "C" NOT NULL,
+            last_event_id      TEXT COLLATE "C" NOT NULL,
+            last_event_created BIGINT NOT NULL,
+            CONSTRAINT customers_pkey_{token} PRIMARY KEY (account, livemode, customer_id)
+        )"#
+    );
+    sqlx::query(&ddl).execute(pool).await.map(drop)
+}
+
+/// Checkout's index on the aside table, named per rebuild like its primary key.
+async fn index_aside(pool: &PgPool, aside: &str, token: &str) -> Result<(), sqlx::Error> {
+    let ddl = format!(
+        "CREATE INDEX customers_by_email_{token}
+            ON {aside} (account, livemode, email_key, customer_created, customer_id)
+            WHERE deleted = FALSE AND email_key IS NOT NULL"
+    );
+    sqlx::query(&ddl).execute(pool).await.map(drop)
+}
+
+/// A transaction that blocks appends (inserts into the log) but not reads, and waits for
+/// appends in flight to commit first.
+async fn begin_locked(pool: &PgPool) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("LOCK TABLE events IN SHARE MODE")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}

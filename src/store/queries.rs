@@ -1,13 +1,17 @@
 // The SQL of the store, written once and compiled once per backend: the including module
 // defines `Db` (sqlx::Sqlite or sqlx::Postgres). Placeholders are `$N`, which both accept;
-// dialect differences live in the migrations and in the connection setup, not here.
+// dialect differences (types, collations, locking) live in the migrations and in
+// sqlite.rs / postgres.rs, not here.
 
-use sqlx::Pool;
+use futures_util::stream::BoxStream;
+use sqlx::{Pool, Transaction};
 
-use crate::projection::{Effect, Snapshot};
+use crate::projection::{Effect, Projected};
 use crate::stripe::event::CustomerEvent;
 
-use crate::store::{AppendOutcome, Customer, LoggedEvent, ProjectedCustomer, Source, Status};
+use crate::store::{
+    AppendOutcome, Customer, Difference, LogRecord, LoggedEvent, ProjectedCustomer, Source, Status,
+};
 
 const INSERT_EVENT: &str = "
     INSERT INTO events (event_id, account, type, created, livemode, object_id, source, payload,
@@ -18,10 +22,11 @@ const INSERT_EVENT: &str = "
     RETURNING seq";
 
 /// Keeps the newest snapshot: the version text sorts like `projection::Version`.
+/// `{table}` is `customers` or a rebuild's aside table.
 const UPSERT_CUSTOMER: &str = "
-    INSERT INTO customers AS c (account, livemode, customer_id, email, email_key, name,
-                                customer_created, deleted, version, last_event_id,
-                                last_event_created)
+    INSERT INTO {table} AS c (account, livemode, customer_id, email, email_key, name,
+                              customer_created, deleted, version, last_event_id,
+                              last_event_created)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
     ON CONFLICT (account, livemode, customer_id) DO UPDATE SET
         email = excluded.email,
@@ -62,9 +67,95 @@ const STATUS: &str = "
            (SELECT COALESCE(MAX(seq), 0) FROM events) AS projection_position,
            (SELECT COUNT(*) FROM events WHERE projection_error IS NOT NULL) AS projection_errors";
 
+const LOG_RANGE: &str = "
+    SELECT seq, event_id, account, type AS event_type, created, livemode, payload
+    FROM events
+    WHERE seq > $1 AND seq <= $2
+    ORDER BY seq";
+
+/// Rows that differ between a rebuilt table and the live one, both ways.
+const DIFFERENCES: &str = "
+    SELECT r.account, r.livemode, r.customer_id,
+           r.email AS expected_email, r.version AS expected_version,
+           c.email AS actual_email, c.version AS actual_version
+    FROM {aside} r LEFT JOIN customers c
+      ON c.account = r.account AND c.livemode = r.livemode AND c.customer_id = r.customer_id
+    WHERE c.customer_id IS NULL
+       OR c.email IS DISTINCT FROM r.email OR c.email_key IS DISTINCT FROM r.email_key
+       OR c.name IS DISTINCT FROM r.name OR c.customer_created <> r.customer_created
+       OR c.deleted <> r.deleted OR c.version <> r.version
+       OR c.last_event_id <> r.last_event_id OR c.last_event_created <> r.last_event_created
+    UNION ALL
+    SELECT c.account, c.livemode, c.customer_id, NULL, NULL, c.email, c.version
+    FROM customers c LEFT JOIN {aside} r
+      ON c.account = r.account AND c.livemode = r.livemode AND c.customer_id = r.customer_id
+    WHERE r.customer_id IS NULL
+    ORDER BY 1, 2, 3";
+
+/// A snapshot may go when a newer snapshot of the same customer is in the log: it no
+/// longer decides its row, and a rebuild without it gives the same table.
+const PRUNE_SUPERSEDED: &str = "
+    DELETE FROM events
+    WHERE created < $1
+      AND version IS NOT NULL
+      AND EXISTS (SELECT 1 FROM events newer
+                  WHERE newer.account = events.account
+                    AND newer.livemode = events.livemode
+                    AND newer.customer_id = events.customer_id
+                    AND newer.version > events.version)";
+
+fn with_table(sql: &str, table: &str) -> String {
+    sql.replace("{table}", table).replace("{aside}", table)
+}
+
 /// Appends one event and applies its effect in the same transaction.
 pub(in crate::store) async fn append(
     pool: &Pool<Db>,
+    event: &CustomerEvent,
+    effect: &Effect,
+    source: Source,
+) -> Result<AppendOutcome, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let outcome = insert_event(&mut tx, event, effect, source).await?;
+    if let (AppendOutcome::Stored { .. }, Effect::Snapshot(snapshot)) = (&outcome, effect) {
+        let row = Projected::new(event, snapshot.clone());
+        upsert(&mut tx, "customers", &row).await?;
+    }
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// Appends many events in one transaction, each idempotent on its id (a repeat within the
+/// batch is a duplicate too). Locks are taken in one fixed order, all event ids sorted,
+/// then all customer rows sorted, so concurrent batches and single appends cannot
+/// deadlock. Outcomes are in input order.
+pub(in crate::store) async fn append_many(
+    pool: &Pool<Db>,
+    events: &[(CustomerEvent, Effect)],
+    source: Source,
+) -> Result<Vec<AppendOutcome>, sqlx::Error> {
+    let mut order: Vec<usize> = (0..events.len()).collect();
+    order.sort_by(|&a, &b| events[a].0.id.cmp(&events[b].0.id));
+    let mut outcomes = vec![AppendOutcome::Duplicate; events.len()];
+    let mut rows = Vec::new();
+    let mut tx = pool.begin().await?;
+    for i in order {
+        let (event, effect) = &events[i];
+        outcomes[i] = insert_event(&mut tx, event, effect, source).await?;
+        if let (AppendOutcome::Stored { .. }, Effect::Snapshot(snapshot)) = (&outcomes[i], effect) {
+            rows.push(Projected::new(event, snapshot.clone()));
+        }
+    }
+    rows.sort_by(|a, b| a.key().cmp(&b.key()));
+    for row in &rows {
+        upsert(&mut tx, "customers", row).await?;
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+async fn insert_event(
+    tx: &mut Transaction<'_, Db>,
     event: &CustomerEvent,
     effect: &Effect,
     source: Source,
@@ -77,7 +168,6 @@ pub(in crate::store) async fn append(
         Effect::Error(reason) => Some(reason.as_str()),
         Effect::Snapshot(_) | Effect::None => None,
     };
-    let mut tx = pool.begin().await?;
     let seq: Option<i64> = sqlx::query_scalar(INSERT_EVENT)
         .bind(event.id.as_str())
         .bind(event.account.as_str())
@@ -94,30 +184,27 @@ pub(in crate::store) async fn append(
         .bind(snapshot.map(|s| s.customer_created))
         .bind(snapshot.map(|s| s.version.encode()))
         .bind(projection_error)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?;
-    let Some(seq) = seq else {
-        tx.rollback().await?;
-        return Ok(AppendOutcome::Duplicate);
-    };
-    if let Some(snapshot) = snapshot {
-        upsert_customer(&mut tx, event, snapshot).await?;
-    }
-    tx.commit().await?;
-    Ok(AppendOutcome::Stored {
-        seq,
-        projection_error: projection_error.map(str::to_owned),
+    Ok(match seq {
+        Some(seq) => AppendOutcome::Stored {
+            seq,
+            projection_error: projection_error.map(str::to_owned),
+        },
+        None => AppendOutcome::Duplicate,
     })
 }
 
-async fn upsert_customer(
-    tx: &mut sqlx::Transaction<'_, Db>,
-    event: &CustomerEvent,
-    snapshot: &Snapshot,
+/// Writes a customer's snapshot into `table` unless the table already holds a newer one.
+pub(in crate::store) async fn upsert(
+    tx: &mut Transaction<'_, Db>,
+    table: &str,
+    row: &Projected,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(UPSERT_CUSTOMER)
-        .bind(event.account.as_str())
-        .bind(event.livemode)
+    let snapshot = &row.snapshot;
+    sqlx::query(&with_table(UPSERT_CUSTOMER, table))
+        .bind(row.account.as_str())
+        .bind(row.livemode)
         .bind(snapshot.customer_id.as_str())
         .bind(snapshot.email.as_deref())
         .bind(snapshot.email_key.as_ref().map(|k| k.as_str()))
@@ -125,8 +212,8 @@ async fn upsert_customer(
         .bind(snapshot.customer_created)
         .bind(snapshot.version.deleted)
         .bind(snapshot.version.encode())
-        .bind(event.id.as_str())
-        .bind(event.created)
+        .bind(snapshot.version.event_id.as_str())
+        .bind(snapshot.version.created)
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -168,4 +255,138 @@ pub(in crate::store) async fn status(pool: &Pool<Db>) -> Result<Status, sqlx::Er
 
 pub(in crate::store) async fn ping(pool: &Pool<Db>) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1").execute(pool).await.map(drop)
+}
+
+/// The newest sequence number in the log.
+async fn last_seq(tx: &mut Transaction<'_, Db>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+        .fetch_one(&mut **tx)
+        .await
+}
+
+pub(in crate::store) async fn count_events_upto(
+    pool: &Pool<Db>,
+    upto: i64,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE seq <= $1")
+        .bind(upto)
+        .fetch_one(pool)
+        .await
+}
+
+/// Streams the log in sequence order: memory stays flat whatever the log's size.
+pub(in crate::store) fn log_range(
+    pool: &Pool<Db>,
+    after: i64,
+    upto: i64,
+) -> BoxStream<'_, Result<LogRecord, sqlx::Error>> {
+    sqlx::query_as(LOG_RANGE).bind(after).bind(upto).fetch(pool)
+}
+
+/// The part of the log a rebuild has not read yet (read while appends are blocked).
+async fn log_after(
+    tx: &mut Transaction<'_, Db>,
+    after: i64,
+) -> Result<Vec<LogRecord>, sqlx::Error> {
+    sqlx::query_as(LOG_RANGE)
+        .bind(after)
+        .bind(i64::MAX)
+        .fetch_all(&mut **tx)
+        .await
+}
+
+pub(in crate::store) async fn write_rows(
+    pool: &Pool<Db>,
+    table: &str,
+    rows: &[Projected],
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for row in rows {
+        upsert(&mut tx, table, row).await?;
+    }
+    tx.commit().await
+}
+
+async fn differences(
+    tx: &mut Transaction<'_, Db>,
+    aside: &str,
+) -> Result<Vec<Difference>, sqlx::Error> {
+    sqlx::query_as(&with_table(DIFFERENCES, aside))
+        .fetch_all(&mut **tx)
+        .await
+}
+
+/// Puts a rebuilt table in place of the live one; visible to readers at commit.
+async fn swap_in(tx: &mut Transaction<'_, Db>, aside: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DROP TABLE customers")
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(&format!("ALTER TABLE {aside} RENAME TO customers"))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub(in crate::store) async fn drop_table(pool: &Pool<Db>, table: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+pub(in crate::store) async fn prune_superseded(
+    pool: &Pool<Db>,
+    older_than: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(PRUNE_SUPERSEDED)
+        .bind(older_than)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Starts a rebuild: a fresh aside table, and the horizon up to which the log is read
+/// without blocking anyone. The horizon is taken while appends are blocked, so every
+/// event at or below it has committed (a PostgreSQL sequence value is taken at insert and
+/// may commit late; no such straggler can hide below the horizon).
+pub(in crate::store) async fn start_rebuild(
+    writer: &Pool<Db>,
+    aside: &str,
+    token: &str,
+) -> Result<i64, sqlx::Error> {
+    drop_table(writer, aside).await?;
+    super::create_aside(writer, aside, token).await?;
+    let mut tx = super::begin_locked(writer).await?;
+    let horizon = last_seq(&mut tx).await?;
+    tx.commit().await?;
+    Ok(horizon)
+}
+
+/// Ends a rebuild while appends are blocked: apply what arrived after the horizon, then
+/// either swap the aside table in (readers see the old table or the new one, never a
+/// half-built one) or compare it with the live table and throw it away.
+pub(in crate::store) async fn finish_rebuild(
+    writer: &Pool<Db>,
+    aside: &str,
+    token: &str,
+    horizon: i64,
+    swap: bool,
+    project: &(dyn Fn(&LogRecord) -> Option<Projected> + Sync),
+) -> Result<Vec<Difference>, sqlx::Error> {
+    super::index_aside(writer, aside, token).await?;
+    let mut tx = super::begin_locked(writer).await?;
+    for record in log_after(&mut tx, horizon).await? {
+        if let Some(row) = project(&record) {
+            upsert(&mut tx, aside, &row).await?;
+        }
+    }
+    if swap {
+        swap_in(&mut tx, aside).await?;
+        tx.commit().await?;
+        return Ok(Vec::new());
+    }
+    let found = differences(&mut tx, aside).await?;
+    tx.rollback().await?;
+    drop_table(writer, aside).await?;
+    Ok(found)
 }

@@ -58,3 +58,43 @@ impl SqliteStore {
         MIGRATOR.run(&self.writer).await
     }
 }
+
+/// The customer table's shape (as in the migrations), for a rebuild's aside table.
+async fn create_aside(pool: &SqlitePool, aside: &str, _token: &str) -> Result<(), sqlx::Error> {
+    let ddl = format!(
+        "CREATE TABLE {aside} (
+            account            TEXT    NOT NULL,
+            livemode           BOOLEAN NOT NULL,
+            customer_id        TEXT    NOT NULL,
+            email              TEXT,
+            email_key          TEXT,
+            name               TEXT,
+            customer_created   INTEGER NOT NULL,
+            deleted            BOOLEAN NOT NULL,
+            version            TEXT    NOT NULL,
+            last_event_id      TEXT    NOT NULL,
+            last_event_created INTEGER NOT NULL,
+            PRIMARY KEY (account, livemode, customer_id)
+        )"
+    );
+    sqlx::query(&ddl).execute(pool).await.map(drop)
+}
+
+/// Checkout's index on the aside table. Index names outlive a table rename, so each
+/// rebuild's index gets a name of its own.
+async fn index_aside(pool: &SqlitePool, aside: &str, token: &str) -> Result<(), sqlx::Error> {
+    let ddl = format!(
+        "CREATE INDEX customers_by_email_{token}
+            ON {aside} (account, livemode, email_key, customer_created, customer_id)
+            WHERE deleted = FALSE AND email_key IS NOT NULL"
+    );
+    sqlx::query(&ddl).execute(pool).await.map(drop)
+}
+
+/// A write transaction that holds SQLite's write lock from its first statement, so no
+/// other writer (another process's `serve`) can append until it ends.
+async fn begin_locked(
+    pool: &SqlitePool,
+) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
+    pool.begin_with("BEGIN IMMEDIATE").await
+}

@@ -105,6 +105,21 @@ pub fn parse(body: &[u8], platform: &AccountId) -> Result<Delivery, PayloadError
     }))
 }
 
+/// The `data.object` of a stored payload, for rebuilding the projection from the log.
+pub fn data_object(payload: &[u8]) -> Result<Map<String, Value>, PayloadError> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        data: Data,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data {
+        object: Map<String, Value>,
+    }
+    serde_json::from_slice::<Envelope>(payload)
+        .map(|envelope| envelope.data.object)
+        .map_err(|_| PayloadError::MissingObject)
+}
+
 fn string_field<'a>(
     envelope: &'a Map<String, Value>,
     name: &'static str,

@@ -5,8 +5,10 @@
 mod helpers;
 mod cli;
 mod crash;
+mod import;
 mod lookup;
 mod permutation;
 mod process;
+mod replay;
 mod rules;
 mod webhook;

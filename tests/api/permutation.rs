@@ -64,7 +64,7 @@ impl Kind {
 
 /// One distinct event of a generated history. Its id is `evt_<index in the history>`.
 #[derive(Clone, Hash)]
-struct HistoryEvent {
+pub(crate) struct HistoryEvent {
     customer: usize,
     account: usize,
     livemode: bool,
@@ -80,6 +80,11 @@ struct HistoryEvent {
 }
 
 impl HistoryEvent {
+    /// Whether it is a customer snapshot (created, updated, deleted).
+    pub(crate) fn is_snapshot(&self) -> bool {
+        self.kind != Kind::Subscription
+    }
+
     /// The event as Stripe would send it, its account and id under `prefix`.
     fn to_json(&self, index: usize, prefix: &str) -> Value {
         let id = format!("{prefix}evt_{index:04}");
@@ -145,8 +150,8 @@ impl fmt::Debug for HistoryEvent {
 
 /// A history and two delivery orders of it.
 #[derive(Clone)]
-struct Case {
-    history: Vec<HistoryEvent>,
+pub(crate) struct Case {
+    pub(crate) history: Vec<HistoryEvent>,
     seeds: [u64; 2],
 }
 
@@ -170,7 +175,7 @@ impl Case {
         deliveries.into_iter().map(|(_, index)| index).collect()
     }
 
-    fn orders(&self) -> [Vec<usize>; 2] {
+    pub(crate) fn orders(&self) -> [Vec<usize>; 2] {
         self.seeds.map(|seed| self.order(seed))
     }
 }
@@ -226,7 +231,7 @@ fn history_event() -> impl Strategy<Value = HistoryEvent> {
         )
 }
 
-fn case() -> impl Strategy<Value = Case> {
+pub(crate) fn case() -> impl Strategy<Value = Case> {
     (
         prop::collection::vec(history_event(), 1..=32),
         any::<[u64; 2]>(),
@@ -273,7 +278,7 @@ fn check_rule_7(backend: Backend) {
 }
 
 /// 48 cases unless `PROPTEST_CASES` says otherwise; no failure persistence file.
-fn config() -> Config {
+pub(crate) fn config() -> Config {
     let cases = match std::env::var("PROPTEST_CASES") {
         Ok(cases) => cases.parse().expect("PROPTEST_CASES is a number"),
         Err(_) => DEFAULT_CASES,
@@ -335,7 +340,7 @@ async fn forget_rows(db: &TestDb, prefix: &str) {
 
 /// Appends one delivery order under `prefix`, the way the webhook does: parse, decide the
 /// effect, append. A redelivery must be answered `Duplicate` and change nothing.
-async fn deliver(
+pub(crate) async fn deliver(
     store: &Store,
     case: &Case,
     order: &[usize],
@@ -377,7 +382,7 @@ async fn deliver(
 
 /// The in-memory projection of the un-prefixed history. It must itself not depend on
 /// order, or the comparison would be against one arbitrary order.
-fn oracle(case: &Case) -> Result<ReadModel, TestCaseError> {
+pub(crate) fn oracle(case: &Case) -> Result<ReadModel, TestCaseError> {
     let platform = account_id(PLATFORM);
     let mut in_history_order = ReadModel::default();
     for (index, event) in case.history.iter().enumerate() {
@@ -411,7 +416,7 @@ fn parse(
 }
 
 /// The oracle's customers in the store's row shape and order.
-fn oracle_rows(model: &ReadModel) -> Vec<ProjectedCustomer> {
+pub(crate) fn oracle_rows(model: &ReadModel) -> Vec<ProjectedCustomer> {
     model
         .customers()
         .map(

@@ -1,0 +1,299 @@
+//! `replay`, `replay --verify` and `prune`: the log rebuilds the same tables.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use proptest::test_runner::{TestCaseError, TestRunner};
+use reqwest::StatusCode;
+use stripe_projector::projection::{self};
+use stripe_projector::replay::{self, Silent};
+use stripe_projector::store::{RebuildKind, Source, Store};
+use stripe_projector::stripe::event::{self, Delivery};
+
+use crate::helpers::{self, created, Backend, TestApp, TestDb};
+use crate::permutation::{self as generated, Case};
+use crate::process::run;
+
+/// Random histories on a fresh database each: incremental projection, replay, and prune
+/// followed by replay all give the oracle's table.
+fn replay_and_prune_give_the_incremental_tables(backend: Backend) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut config = generated::config();
+    config.cases = config.cases.div_ceil(2);
+    let mut runner = TestRunner::new(config);
+    let result = runner.run(&generated::case(), |case| {
+        let db = runtime.block_on(TestDb::create(backend));
+        let outcome = runtime.block_on(check_case(&db, &case));
+        drop(db); // its Drop runs a runtime of its own: never inside block_on
+        outcome
+    });
+    if let Err(error) = result {
+        panic!("replay/prune on {backend:?}: {error}");
+    }
+}
+
+async fn check_case(db: &TestDb, case: &Case) -> Result<(), TestCaseError> {
+    let store = db.store().await;
+    let fail = |e: stripe_projector::store::StoreError| TestCaseError::fail(e.to_string());
+    generated::deliver(&store, case, &case.orders()[0], "").await?;
+    let expected = generated::oracle_rows(&generated::oracle(case)?);
+    let incremental = store.customers().await.map_err(fail)?;
+    proptest::prop_assert_eq!(&incremental, &expected, "incremental");
+
+    let report = replay::rebuild(&store, RebuildKind::Replace, &Silent)
+        .await
+        .map_err(fail)?;
+    proptest::prop_assert_eq!(
+        &store.customers().await.map_err(fail)?,
+        &expected,
+        "after replay"
+    );
+    proptest::prop_assert_eq!(report.events, case.history.len() as u64);
+    let verify = replay::rebuild(&store, RebuildKind::Verify, &Silent)
+        .await
+        .map_err(fail)?;
+    proptest::prop_assert!(verify.differences.is_empty(), "{:?}", verify.differences);
+
+    store.prune_superseded(i64::MAX).await.map_err(fail)?;
+    replay::rebuild(&store, RebuildKind::Replace, &Silent)
+        .await
+        .map_err(fail)?;
+    proptest::prop_assert_eq!(
+        &store.customers().await.map_err(fail)?,
+        &expected,
+        "after prune and replay"
+    );
+    // Each customer keeps exactly the snapshot that decides it.
+    let snapshots = case
+        .history
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.is_snapshot())
+        .count();
+    let status = store.status().await.map_err(fail)?;
+    let others = case.history.len() - snapshots;
+    proptest::prop_assert_eq!(status.events as usize, expected.len() + others);
+    store_closed(store).await;
+    Ok(())
+}
+
+async fn store_closed(store: Store) {
+    drop(store);
+}
+
+#[test]
+fn replay_and_prune_give_the_incremental_tables_on_sqlite() {
+    replay_and_prune_give_the_incremental_tables(Backend::Sqlite);
+}
+
+#[test]
+fn replay_and_prune_give_the_incremental_tables_on_postgres() {
+    if helpers::postgres_admin_url().is_none() {
+        eprintln!("skipped: TEST_DATABASE_URL is unset");
+        return;
+    }
+    replay_and_prune_give_the_incremental_tables(Backend::Postgres);
+}
+
+/// Fills the log with `n` customers on a few accounts, in batches.
+async fn populate(store: &Store, n: usize) {
+    let platform = stripe_projector::domain::AccountId::parse(helpers::PLATFORM).unwrap();
+    let events: Vec<_> = (0..n)
+        .map(|i| {
+            let body = created(
+                &format!("evt_pop_{i:06}"),
+                &format!("acct_{}", i % 5),
+                &format!("cus_{i:06}"),
+                &format!("p{i}@example.com"),
+                1_700_000_000 + i as i64,
+            )
+            .to_string();
+            let Ok(Delivery::Customer(event)) = event::parse(body.as_bytes(), &platform) else {
+                panic!()
+            };
+            let effect = projection::effect_of(&event);
+            (event, effect)
+        })
+        .collect();
+    for chunk in events.chunks(500) {
+        store.append_many(chunk, Source::Webhook).await.unwrap();
+    }
+}
+
+async fn lookups_keep_answering_and_ingestion_goes_on_while_replay_runs(backend: Backend) {
+    const CUSTOMERS: usize = 3_000;
+    let app = TestApp::spawn(backend).await;
+    populate(&app.store, CUSTOMERS).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let replaying = {
+        let (store, done) = (app.store.clone(), done.clone());
+        tokio::spawn(async move {
+            let report = replay::rebuild(&store, RebuildKind::Replace, &Silent).await;
+            done.store(true, Ordering::SeqCst);
+            report
+        })
+    };
+
+    let mut lookups = 0usize;
+    let mut delivered = Vec::new();
+    // Bounded: the replay of a few thousand events ends long before this count.
+    while !done.load(Ordering::SeqCst) && lookups < 100_000 {
+        let i = lookups * 7 % CUSTOMERS;
+        let (status, body) = app
+            .lookup(&format!(
+                "account=acct_{}&email=p{i}%40example.com&livemode=false",
+                i % 5
+            ))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "lookup {lookups} during replay: {body}"
+        );
+        assert_eq!(body["customer_id"], format!("cus_{i:06}"));
+        if lookups % 10 == 0 {
+            let n = delivered.len();
+            let event = created(
+                &format!("evt_during_{n}"),
+                "acct_new",
+                &format!("cus_during_{n}"),
+                &format!("d{n}@example.com"),
+                1_800_000_000,
+            );
+            let (status, _) = app.deliver_json(&event).await;
+            assert_eq!(status, StatusCode::OK);
+            delivered.push(n);
+        }
+        lookups += 1;
+    }
+    let report = replaying.await.unwrap().unwrap();
+
+    assert!(lookups > 0 && report.events >= CUSTOMERS as u64);
+    for n in delivered {
+        let found = app
+            .customer_id("acct_new", &format!("d{n}@example.com"), false)
+            .await;
+        assert_eq!(
+            found,
+            Some(format!("cus_during_{n}")),
+            "an event delivered during the replay is in its result"
+        );
+    }
+    assert_eq!(
+        app.store.status().await.unwrap().customers,
+        app.store.status().await.unwrap().events
+    );
+}
+
+async fn verify_reports_damage_and_replay_repairs_it(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.deliver_fixture("seed/01_customer_created_organizer_a.json")
+        .await;
+    app.deliver_fixture("seed/02_customer_created_organizer_b.json")
+        .await;
+    let before = app.store.customers().await.unwrap();
+    let url = app.db.url.clone();
+
+    let clean = run(&url, &["replay", "--verify"]);
+    assert_eq!(
+        clean.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&clean.stdout)
+    );
+
+    app.db.execute("UPDATE customers SET email = 'wrong@example.com', email_key = 'wrong@example.com' WHERE account = 'acct_1OrganizerAaaaaaa'").await;
+    app.db
+        .execute("DELETE FROM customers WHERE account = 'acct_1OrganizerBbbbbbb'")
+        .await;
+    let damaged = run(&url, &["replay", "--verify"]);
+    let report = String::from_utf8_lossy(&damaged.stdout);
+    assert_eq!(damaged.status.code(), Some(1), "{report}");
+    assert!(report.contains("acct_1OrganizerAaaaaaa livemode=false cus_Q3IFa65giu0cDn: expected Ada.Lovelace@Example.com (evt_1Qo7ireY8Hq2yVrb8PNLnXTs) vs actual wrong@example.com"), "{report}");
+    assert!(report.contains("acct_1OrganizerBbbbbbb livemode=false cus_QhSE3L7ZYTK9XP: expected  ada.lovelace@example.com (evt_1QfnF2PPHhS3Mfn939NhS9eY) vs actual missing"), "{report}");
+    assert_ne!(
+        app.store.customers().await.unwrap(),
+        before,
+        "verify changes nothing"
+    );
+
+    let repaired = run(&url, &["replay"]);
+    assert_eq!(
+        repaired.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&repaired.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&repaired.stdout).starts_with("replayed 2 events into 2 customers")
+    );
+    assert_eq!(run(&url, &["replay", "--verify"]).status.code(), Some(0));
+    assert_eq!(app.store.customers().await.unwrap(), before);
+    assert_eq!(
+        app.customer_id("acct_1OrganizerBbbbbbb", "ada.lovelace@example.com", false)
+            .await
+            .as_deref(),
+        Some("cus_QhSE3L7ZYTK9XP")
+    );
+}
+
+async fn prune_keeps_the_deciding_snapshots_and_recent_events(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let now = helpers::now();
+    let old = now - 40 * 86_400;
+    let spec = |id: &'static str, event_type: &'static str, created: i64, email: &'static str| {
+        helpers::EventSpec {
+            id,
+            event_type,
+            account: Some("acct_1"),
+            created,
+            livemode: false,
+            customer_id: "cus_1",
+            email: Some(email),
+            customer_created: old,
+        }
+    };
+    app.deliver_json(&spec("evt_1", "customer.created", old, "a@example.com").to_json())
+        .await;
+    app.deliver_json(&spec("evt_2", "customer.updated", old + 1, "b@example.com").to_json())
+        .await;
+    app.deliver_json(&spec("evt_3", "customer.updated", now - 86_400, "c@example.com").to_json())
+        .await;
+    app.deliver_json(&spec("evt_4", "customer.updated", now, "d@example.com").to_json())
+        .await;
+    app.deliver_fixture("other/customer_subscription_created.json")
+        .await;
+    let before = app.store.customers().await.unwrap();
+
+    let pruned = run(&app.db.url, &["prune", "--older-than", "30"]);
+
+    assert_eq!(
+        pruned.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&pruned.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&pruned.stdout).unwrap();
+    assert_eq!(printed["removed_superseded_snapshots"], 2);
+    for (id, kept) in [
+        ("evt_1", false),
+        ("evt_2", false),
+        ("evt_3", true),
+        ("evt_4", true),
+        ("evt_1QTQKI4zQK8S9Fx9sTpxAmyO", true),
+    ] {
+        assert_eq!(app.store.event(id).await.unwrap().is_some(), kept, "{id}");
+    }
+    assert_eq!(run(&app.db.url, &["replay"]).status.code(), Some(0));
+    assert_eq!(app.store.customers().await.unwrap(), before);
+}
+
+on_both_backends!(
+    lookups_keep_answering_and_ingestion_goes_on_while_replay_runs,
+    verify_reports_damage_and_replay_repairs_it,
+    prune_keeps_the_deciding_snapshots_and_recent_events,
+);
