@@ -174,7 +174,62 @@ async fn migrate_creates_the_schema_and_serve_stops_cleanly_on_sigterm(backend: 
     assert_eq!(exit.code(), Some(0), "graceful stop exits 0");
 }
 
+async fn send_signs_like_stripe_and_exits_1_on_any_refusal(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let url = format!("{}/webhooks/stripe", app.base);
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/redelivery/customer_created.json"
+    );
+    let send = |secret: &str| {
+        command(&app.db.url)
+            .args(["send", fixture, fixture, "--url", &url, "--secret", secret])
+            .output()
+            .unwrap()
+    };
+
+    let accepted = send(crate::helpers::SECRET);
+    let refused = send("whsec_wrong");
+
+    let printed = String::from_utf8_lossy(&accepted.stdout);
+    assert_eq!(accepted.status.code(), Some(0), "{printed}");
+    assert!(
+        printed.contains(r#"200 {"status":"stored""#)
+            && printed.contains(r#"200 {"status":"duplicate""#),
+        "{printed}"
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("signature_mismatch"));
+}
+
+#[test]
+fn send_usage_errors_exit_2() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/redelivery/customer_created.json"
+    );
+    assert_usage_error(
+        &run("sqlite::memory:", &["send", fixture]),
+        "STRIPE_WEBHOOK_SECRET",
+    );
+    assert_usage_error(
+        &run(
+            "sqlite::memory:",
+            &["send", fixture, "--secret", "s", "--url", "ftp://x"],
+        ),
+        "--url",
+    );
+    assert_usage_error(
+        &run(
+            "sqlite::memory:",
+            &["send", "/no/such.json", "--secret", "s"],
+        ),
+        "/no/such.json",
+    );
+}
+
 on_both_backends!(
+    send_signs_like_stripe_and_exits_1_on_any_refusal,
     lookup_exit_codes_are_0_found_1_not_found_3_ambiguous,
     status_prints_counts_as_json,
     migrate_creates_the_schema_and_serve_stops_cleanly_on_sigterm,
