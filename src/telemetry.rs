@@ -11,8 +11,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// Without `RUST_LOG`: our events at info, libraries only when they warn.
-const DEFAULT_FILTER: &str = "info,sqlx=warn,actix_server=warn";
+/// Without `RUST_LOG`: our events at info, libraries only when they warn (sqlx only on
+/// errors: its slow-statement warning fires on every long streaming read of the log).
+const DEFAULT_FILTER: &str = "info,sqlx=error,actix_server=warn";
 
 pub fn init(format: LogFormat) {
     let filter =
