@@ -7,12 +7,15 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, WebhookConfig};
+use crate::domain::AccountId;
+use crate::ensure::{EnsureError, EnsureRequest, Ensurer};
 use crate::http::{self, AppState, ServerOptions};
 use crate::lookup::LookupRequest;
 use crate::replay::{self, Progress};
 use crate::secret::Secret;
 use crate::store::RebuildKind;
 use crate::store::{DatabaseUrl, Lookup, Store};
+use crate::stripe::api::{self, RetryPolicy, StripeApi, StripeApiConfig};
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -21,7 +24,7 @@ use crate::telemetry::LogFormat;
     version,
     about = "Stripe Connect customer read model: verified webhooks -> event log -> (account, livemode, email) lookups",
     after_help = "Secrets are read from the environment only: STRIPE_WEBHOOK_SECRET (comma-separated \
-                  whsec_... values) and READ_API_TOKEN."
+                  whsec_... values), READ_API_TOKEN and STRIPE_SECRET_KEY."
 )]
 pub struct Cli {
     /// Database: sqlite:PATH (embedded, created if missing) or postgres://...
@@ -56,6 +59,9 @@ enum Command {
     Migrate,
     /// Print checkout's answer as JSON. Exit 0 found, 1 not found, 3 ambiguous livemode.
     Lookup(LookupArgs),
+    /// Checkout's get-or-create: print the customer as JSON, creating it through Stripe
+    /// (STRIPE_SECRET_KEY) on the account when the read model has none.
+    Ensure(EnsureArgs),
     /// Print counts as JSON: events, customers, projection position and errors.
     Status,
     /// Rebuild the customer table from the event log and swap it in atomically.
@@ -138,6 +144,45 @@ struct ServeArgs {
     #[arg(long, env = "HTTP_WORKERS", default_value_t = 2,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: u16,
+
+    #[command(flatten)]
+    stripe: StripeArgs,
+}
+
+/// Where and how `ensure` reaches Stripe's API. The key itself is read from the
+/// environment only (STRIPE_SECRET_KEY).
+#[derive(Debug, Args)]
+struct StripeArgs {
+    /// Stripe API base URL.
+    #[arg(long, env = "STRIPE_API_BASE", default_value = api::DEFAULT_API_BASE)]
+    stripe_api_base: String,
+
+    /// Seconds one Stripe request may take (3 attempts at most).
+    #[arg(long, env = "STRIPE_API_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    stripe_timeout_secs: u64,
+}
+
+#[derive(Debug, Args)]
+struct EnsureArgs {
+    /// The organizer's account (acct_...), or the platform's id.
+    #[arg(long)]
+    account: String,
+    /// The buyer's email; the key is trimmed and lowercased, Stripe gets it as given.
+    #[arg(long)]
+    email: String,
+    /// The customer's name, sent to Stripe when it is created.
+    #[arg(long)]
+    name: Option<String>,
+    /// true or false; omit to use the mode of STRIPE_SECRET_KEY.
+    #[arg(long)]
+    livemode: Option<String>,
+    /// Account tag for events without `account` (the platform's own events).
+    #[arg(long, env = "PLATFORM_ACCOUNT_ID", default_value = "platform")]
+    platform_account_id: String,
+
+    #[command(flatten)]
+    stripe: StripeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -208,6 +253,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve(&cli.database_url, args).await,
         Command::Migrate => migrate(&cli.database_url).await,
         Command::Lookup(args) => lookup(&cli.database_url, args).await,
+        Command::Ensure(args) => ensure(&cli.database_url, args).await,
         Command::Status => status(&cli.database_url).await,
         Command::Replay(args) => replay(&cli.database_url, args).await,
         Command::Import(args) => import(&cli.database_url, args).await,
@@ -261,6 +307,7 @@ async fn serve(database_url: &str, args: ServeArgs) -> Result<ExitCode, Failure>
             .map_err(|_| Failure::Usage("MAX_BODY_BYTES is too large for this machine".into()))?,
     };
     let read_token = config::parse_read_token(env_var("READ_API_TOKEN")?.as_deref());
+    let ensure = Ensurer::new(stripe_api(&args.stripe)?, webhook.platform_account.clone());
     parse_database_url(database_url)?;
     let listener = TcpListener::bind(args.listen_addr)
         .map_err(|e| Failure::runtime(&format!("cannot listen on {}", args.listen_addr), e))?;
@@ -280,6 +327,7 @@ async fn serve(database_url: &str, args: ServeArgs) -> Result<ExitCode, Failure>
             store,
             webhook,
             read_token,
+            ensure,
         },
         listener,
         options,
@@ -294,6 +342,37 @@ async fn serve(database_url: &str, args: ServeArgs) -> Result<ExitCode, Failure>
         .map_err(|e| Failure::runtime("server failed", e))?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The Stripe client, or `None` when STRIPE_SECRET_KEY is unset (ensure disabled).
+fn stripe_api(args: &StripeArgs) -> Result<Option<StripeApi>, Failure> {
+    let usage = |e: api::InvalidStripeSetting| Failure::Usage(e.to_string());
+    let api_base = api::parse_api_base(&args.stripe_api_base).map_err(usage)?;
+    let host = api_base.host_str().unwrap_or_default();
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if api_base.scheme() == "http" && !loopback {
+        tracing::warn!(%api_base, "STRIPE_API_BASE is plain http: the API key would cross the network unencrypted");
+    }
+    let Some(secret_key) = env_var("STRIPE_SECRET_KEY")?.map(Secret::new) else {
+        tracing::info!("STRIPE_SECRET_KEY is unset: ensure answers 503 ensure_disabled");
+        return Ok(None);
+    };
+    let retry = RetryPolicy {
+        timeout: Duration::from_secs(args.stripe_timeout_secs),
+        ..RetryPolicy::default()
+    };
+    StripeApi::new(StripeApiConfig {
+        secret_key,
+        api_base,
+        retry,
+    })
+    .map(Some)
+    .map_err(usage)
 }
 
 async fn migrate(database_url: &str) -> Result<ExitCode, Failure> {
@@ -322,6 +401,43 @@ async fn lookup(database_url: &str, args: LookupArgs) -> Result<ExitCode, Failur
     let body = body.map_err(|e| Failure::runtime("cannot print the answer", e))?;
     println!("{body}");
     Ok(ExitCode::from(code))
+}
+
+async fn ensure(database_url: &str, args: EnsureArgs) -> Result<ExitCode, Failure> {
+    let usage = Failure::Usage;
+    let livemode = match args.livemode.as_deref() {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(_) => return Err(usage("--livemode must be true or false".into())),
+    };
+    let request = EnsureRequest::parse(
+        Some(&args.account),
+        Some(&args.email),
+        livemode,
+        args.name.as_deref(),
+    )
+    .map_err(|e| usage(e.to_string()))?;
+    let platform = AccountId::parse(&args.platform_account_id)
+        .map_err(|e| usage(format!("PLATFORM_ACCOUNT_ID: {e}")))?;
+    let Some(stripe) = stripe_api(&args.stripe)? else {
+        return Err(usage(
+            "STRIPE_SECRET_KEY is not set: ensure needs a Stripe secret or restricted key".into(),
+        ));
+    };
+    let store = open_store(database_url).await?;
+    let ensured = Ensurer::new(Some(stripe), platform)
+        .ensure(&store, &request)
+        .await
+        .map_err(|e| match e {
+            EnsureError::Invalid(_) | EnsureError::LivemodeMismatch { .. } => usage(e.to_string()),
+            EnsureError::Store(_) => Failure::runtime("ensure failed (has `migrate` run?)", e),
+            other => Failure::runtime("ensure failed", other),
+        })?;
+    let body = serde_json::to_string(&ensured)
+        .map_err(|e| Failure::runtime("cannot print the answer", e))?;
+    println!("{body}");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn status(database_url: &str) -> Result<ExitCode, Failure> {

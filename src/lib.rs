@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod ensure;
 pub mod http;
 pub mod import;
 pub mod ingest;

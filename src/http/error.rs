@@ -4,9 +4,11 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::ensure::EnsureError;
 use crate::ingest::Rejected;
 use crate::lookup::InvalidLookup;
 use crate::store::StoreError;
+use crate::stripe::api::StripeApiError;
 use crate::stripe::signature::SignatureError;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,20 @@ pub enum ApiError {
     AmbiguousLivemode,
     #[error("a valid Authorization: Bearer token is required")]
     Unauthorized,
+    /// Checkout's get-or-create failed; invalid requests and store failures arrive as
+    /// `InvalidRequest` and `StoreUnavailable` instead (see `From<EnsureError>`).
+    #[error(transparent)]
+    Ensure(EnsureError),
+}
+
+impl From<EnsureError> for ApiError {
+    fn from(error: EnsureError) -> Self {
+        match error {
+            EnsureError::Invalid(e) => Self::InvalidRequest(InvalidLookup(e.0)),
+            EnsureError::Store(e) => Self::StoreUnavailable(e),
+            other => Self::Ensure(other),
+        }
+    }
 }
 
 impl From<StoreError> for ApiError {
@@ -64,6 +80,15 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::AmbiguousLivemode => "ambiguous_livemode",
             Self::Unauthorized => "unauthorized",
+            Self::Ensure(e) => match e {
+                EnsureError::Invalid(_) => "invalid_request",
+                EnsureError::Disabled => "ensure_disabled",
+                EnsureError::LivemodeMismatch { .. } => "livemode_mismatch",
+                EnsureError::Stripe(StripeApiError::Unavailable { .. }) => "stripe_unavailable",
+                EnsureError::Stripe(_) => "stripe_error",
+                EnsureError::Store(_) => "store_unavailable",
+                EnsureError::Superseded { .. } => "customer_superseded",
+            },
         }
     }
 }
@@ -76,6 +101,18 @@ impl ResponseError for ApiError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::AmbiguousLivemode => StatusCode::CONFLICT,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Ensure(e) => match e {
+                EnsureError::Invalid(_) | EnsureError::LivemodeMismatch { .. } => {
+                    StatusCode::BAD_REQUEST
+                }
+                EnsureError::Disabled
+                | EnsureError::Store(_)
+                | EnsureError::Stripe(StripeApiError::Unavailable { .. }) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                EnsureError::Stripe(_) => StatusCode::BAD_GATEWAY,
+                EnsureError::Superseded { .. } => StatusCode::CONFLICT,
+            },
             Self::BodyUnreadable
             | Self::MissingSignature
             | Self::Signature(_)
@@ -89,6 +126,8 @@ impl ResponseError for ApiError {
         if let Self::StoreUnavailable(cause) = self {
             // The cause stays in our logs; the client only learns to retry.
             tracing::error!(error = %cause, "store unavailable");
+        } else if let Self::Ensure(cause) = self {
+            tracing::warn!(code = self.code(), reason = %cause, "ensure failed");
         } else if status == StatusCode::BAD_REQUEST || status == StatusCode::PAYLOAD_TOO_LARGE {
             tracing::warn!(code = self.code(), reason = %self, "request rejected");
         }
@@ -96,6 +135,17 @@ impl ResponseError for ApiError {
             Self::NotFound | Self::AmbiguousLivemode | Self::Unauthorized => {
                 json!({ "error": self.code() })
             }
+            // Stripe's own words, so checkout can tell a bad email from a bad key.
+            Self::Ensure(EnsureError::Stripe(StripeApiError::Rejected {
+                status: stripe_status,
+                kind,
+                code,
+                message,
+            })) => json!({
+                "error": self.code(),
+                "message": self.to_string(),
+                "stripe": { "status": stripe_status, "type": kind, "code": code, "message": message },
+            }),
             _ => json!({ "error": self.code(), "message": self.to_string() }),
         };
         let mut response = HttpResponse::build(status);

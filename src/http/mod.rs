@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, shared state, and the one place errors become statuses.
 
 mod customers;
+mod ensure;
 mod error;
 mod ops;
 mod webhook;
@@ -12,6 +13,7 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 
 use crate::config::WebhookConfig;
+use crate::ensure::Ensurer;
 use crate::secret::Secret;
 use crate::store::Store;
 
@@ -24,6 +26,8 @@ pub struct AppState {
     pub webhook: WebhookConfig,
     /// When set, `/v1/...` requests need `Authorization: Bearer <token>`.
     pub read_token: Option<Secret>,
+    /// Checkout's get-or-create; one per process, so its single flight spans workers.
+    pub ensure: Ensurer,
 }
 
 /// Server knobs that are not part of request handling.
@@ -47,6 +51,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/webhooks/stripe", web::post().to(webhook::receive))
         .route("/v1/customers", web::get().to(customers::lookup))
+        .route("/v1/customers/ensure", web::post().to(ensure::ensure))
         .route("/healthz", web::get().to(ops::healthz))
         .route("/readyz", web::get().to(ops::readyz));
 }

@@ -34,7 +34,7 @@ pub(super) async fn receive(
 
 /// Reads the raw body (the signature covers these exact bytes), refusing more than
 /// `limit` bytes without buffering them.
-async fn read_limited(
+pub(super) async fn read_limited(
     request: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,

@@ -1,5 +1,6 @@
-//! What Stripe sends: signed deliveries and event envelopes. Nothing here knows about
-//! HTTP or storage.
+//! What Stripe sends (signed deliveries and event envelopes) and the one call we make to
+//! Stripe's API (`api`). Nothing here knows about our HTTP API or storage.
 
+pub mod api;
 pub mod event;
 pub mod signature;

@@ -8,9 +8,11 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use stripe_projector::config::WebhookConfig;
 use stripe_projector::domain::AccountId;
+use stripe_projector::ensure::Ensurer;
 use stripe_projector::http::{self, AppState, ServerOptions};
 use stripe_projector::secret::Secret;
 use stripe_projector::store::{DatabaseUrl, Store};
+use stripe_projector::stripe::api::{StripeApi, StripeApiConfig};
 use stripe_projector::stripe::signature;
 
 pub const SECRET: &str = "whsec_test_secret_for_the_suite";
@@ -183,6 +185,8 @@ pub struct AppConfig {
     pub tolerance_secs: u64,
     pub max_body_bytes: usize,
     pub read_token: Option<String>,
+    /// How `ensure` reaches Stripe (a fake, in tests); `None`: ensure is disabled.
+    pub stripe_api: Option<StripeApiConfig>,
 }
 
 impl Default for AppConfig {
@@ -192,6 +196,7 @@ impl Default for AppConfig {
             tolerance_secs: 300,
             max_body_bytes: 1_048_576,
             read_token: None,
+            stripe_api: None,
         }
     }
 }
@@ -212,6 +217,10 @@ impl TestApp {
     pub async fn spawn_with(backend: Backend, config: AppConfig) -> Self {
         let db = TestDb::create(backend).await;
         let store = db.store().await;
+        let platform = AccountId::parse(PLATFORM).unwrap();
+        let stripe = config
+            .stripe_api
+            .map(|api| StripeApi::new(api).expect("Stripe client"));
         let state = AppState {
             store: store.clone(),
             webhook: WebhookConfig {
@@ -221,6 +230,7 @@ impl TestApp {
                 max_body_bytes: config.max_body_bytes,
             },
             read_token: config.read_token.map(Secret::new),
+            ensure: Ensurer::new(stripe, platform),
         };
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let base = format!("http://{}", listener.local_addr().unwrap());

@@ -5,6 +5,8 @@
 mod helpers;
 mod cli;
 mod crash;
+mod ensure;
+mod fake_stripe;
 mod import;
 mod lookup;
 mod permutation;

@@ -18,6 +18,9 @@ pub fn command(database_url: &str) -> Command {
         "PLATFORM_ACCOUNT_ID",
         "READ_API_TOKEN",
         "MAX_BODY_BYTES",
+        "STRIPE_SECRET_KEY",
+        "STRIPE_API_BASE",
+        "STRIPE_API_TIMEOUT_SECS",
         "LOG_FORMAT",
         "RUST_LOG",
     ] {

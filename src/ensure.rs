@@ -1,0 +1,535 @@
+//! Checkout's get-or-create: the customer for `(account, livemode, email)`, created on the
+//! organizer's account through Stripe when the read model has none, exactly once.
+//!
+//! Exactly once has three layers: a lookup first (most calls end there); in one process,
+//! a single flight per key, so concurrent callers wait for the first and then find its
+//! customer in the read model; across processes, an `Idempotency-Key` derived from the
+//! key, so Stripe answers every process with the same customer. The customer Stripe
+//! returns is recorded in the log and the projection in one transaction, so the read
+//! model knows it before the webhook arrives.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::domain::{AccountId, EmailKey};
+use crate::projection::{self, Effect};
+use crate::store::{AppendOutcome, Customer, Lookup, Source, Store, StoreError};
+use crate::stripe::api::{CreatedCustomer, NewCustomer, StripeApi, StripeApiError};
+use crate::stripe::event::{self, CustomerEvent, Delivery};
+
+/// A valid ensure. Build it with [`EnsureRequest::parse`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnsureRequest {
+    pub account: AccountId,
+    /// Sent to Stripe as given, trimmed: the buyer's spelling is what Stripe shows.
+    pub email: String,
+    pub email_key: EmailKey,
+    /// `None`: the mode of the configured key.
+    pub livemode: Option<bool>,
+    pub name: Option<String>,
+}
+
+/// Why an ensure cannot be asked; the message is safe to show the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidEnsure(pub String);
+
+impl EnsureRequest {
+    pub fn parse(
+        account: Option<&str>,
+        email: Option<&str>,
+        livemode: Option<bool>,
+        name: Option<&str>,
+    ) -> Result<Self, InvalidEnsure> {
+        let invalid = |message: &str| InvalidEnsure(message.to_owned());
+        let account = account.ok_or_else(|| invalid("account is required"))?;
+        let account = AccountId::parse(account).map_err(|e| InvalidEnsure(e.to_string()))?;
+        // It travels in the Stripe-Account header, which carries visible ASCII only.
+        if !account.as_str().bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid("account must be printable ASCII without spaces"));
+        }
+        let email = email.ok_or_else(|| invalid("email is required"))?.trim();
+        let email_key = EmailKey::normalize(email).ok_or_else(|| invalid("email is blank"))?;
+        // The projection refuses NUL (PostgreSQL text cannot hold it): a customer created
+        // with one could never be found again.
+        if email.chars().any(char::is_control) {
+            return Err(invalid("email contains a control character"));
+        }
+        if name.is_some_and(|name| name.contains('\0')) {
+            return Err(invalid("name contains NUL"));
+        }
+        Ok(Self {
+            account,
+            email: email.to_owned(),
+            email_key,
+            livemode,
+            name: name.map(str::to_owned),
+        })
+    }
+}
+
+/// The answer: the lookup body plus whether this call created the customer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ensured {
+    #[serde(flatten)]
+    pub customer: Customer,
+    /// True for exactly one caller per customer: the one whose record of Stripe's answer
+    /// entered the log first.
+    pub created: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnsureError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidEnsure),
+    #[error("ensure is disabled: STRIPE_SECRET_KEY is not set")]
+    Disabled,
+    #[error("livemode is {requested} but the configured Stripe key is a {} key", if *.key { "live" } else { "test" })]
+    LivemodeMismatch { requested: bool, key: bool },
+    #[error(transparent)]
+    Stripe(#[from] StripeApiError),
+    #[error("the event store is unavailable; retry later")]
+    Store(#[from] StoreError),
+    /// Stripe answered the idempotency key with a customer the read model no longer has
+    /// under this email: deleted or moved to another email since it was created.
+    #[error("Stripe returned {customer_id} for this key, but it has since been deleted or changed its email; Stripe forgets the idempotency key 24 hours after the first call")]
+    Superseded { customer_id: String },
+}
+
+/// The key of one flight: the read model's key for checkout.
+type FlightKey = (AccountId, bool, EmailKey);
+
+/// The keys in flight, each with the lock its callers queue on.
+type Flights = Arc<Mutex<HashMap<FlightKey, Arc<tokio::sync::Mutex<()>>>>>;
+
+/// Checkout's get-or-create, shared by every worker of a process. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Ensurer {
+    /// `None`: `STRIPE_SECRET_KEY` is unset and every ensure is refused.
+    stripe: Option<StripeApi>,
+    platform: AccountId,
+    flights: Flights,
+}
+
+impl Ensurer {
+    pub fn new(stripe: Option<StripeApi>, platform: AccountId) -> Self {
+        Self {
+            stripe,
+            platform,
+            flights: Arc::default(),
+        }
+    }
+
+    /// Looks the customer up and, when absent, creates it through Stripe and records it.
+    pub async fn ensure(
+        &self,
+        store: &Store,
+        request: &EnsureRequest,
+    ) -> Result<Ensured, EnsureError> {
+        // Refused before the lookup, so a misconfiguration shows on the first call rather
+        // than on the first new buyer.
+        let stripe = self.stripe.as_ref().ok_or(EnsureError::Disabled)?;
+        let livemode = match request.livemode {
+            None => stripe.livemode(),
+            Some(requested) if requested != stripe.livemode() => {
+                return Err(EnsureError::LivemodeMismatch {
+                    requested,
+                    key: stripe.livemode(),
+                })
+            }
+            Some(requested) => requested,
+        };
+        if let Some(customer) = self.existing(store, request, livemode).await? {
+            return Ok(Ensured {
+                customer,
+                created: false,
+            });
+        }
+        let key = (request.account.clone(), livemode, request.email_key.clone());
+        let _flight = Flight::join(&self.flights, key).await;
+        // A caller that waited finds the first caller's customer here.
+        if let Some(customer) = self.existing(store, request, livemode).await? {
+            return Ok(Ensured {
+                customer,
+                created: false,
+            });
+        }
+        self.create(stripe, store, request, livemode).await
+    }
+
+    async fn existing(
+        &self,
+        store: &Store,
+        request: &EnsureRequest,
+        livemode: bool,
+    ) -> Result<Option<Customer>, StoreError> {
+        Ok(
+            match store
+                .lookup(&request.account, &request.email_key, Some(livemode))
+                .await?
+            {
+                Lookup::Found(customer) => Some(customer),
+                Lookup::NotFound | Lookup::AmbiguousLivemode => None,
+            },
+        )
+    }
+
+    async fn create(
+        &self,
+        stripe: &StripeApi,
+        store: &Store,
+        request: &EnsureRequest,
+        livemode: bool,
+    ) -> Result<Ensured, EnsureError> {
+        let idempotency_key = idempotency_key(&request.account, livemode, &request.email_key);
+        let on_platform = request.account == self.platform;
+        let created = stripe
+            .create_customer(&NewCustomer {
+                on_behalf_of: (!on_platform).then_some(&request.account),
+                email: &request.email,
+                name: request.name.as_deref(),
+                idempotency_key: &idempotency_key,
+            })
+            .await?;
+        let event = self.record_event(&created, &request.account, livemode, &idempotency_key)?;
+        let customer_id = event.object_id.clone().unwrap_or_default();
+        tracing::info!(
+            account = %request.account, livemode, customer_id,
+            request_id = created.request_id.as_deref().unwrap_or(""),
+            "customer created through Stripe"
+        );
+        let effect = projection::effect_of(&event);
+        if let Effect::Error(reason) = &effect {
+            return Err(StripeApiError::InvalidResponse(reason.clone()).into());
+        }
+        let outcome = store.append(&event, &effect, Source::Api).await?;
+        match self.existing(store, request, livemode).await? {
+            Some(customer) => Ok(Ensured {
+                created: matches!(outcome, AppendOutcome::Stored { .. })
+                    && customer.customer_id == customer_id,
+                customer,
+            }),
+            None => Err(EnsureError::Superseded { customer_id }),
+        }
+    }
+
+    /// The event that records Stripe's answer; see [`api_event_payload`].
+    fn record_event(
+        &self,
+        created: &CreatedCustomer,
+        account: &AccountId,
+        livemode: bool,
+        idempotency_key: &str,
+    ) -> Result<CustomerEvent, StripeApiError> {
+        let invalid = |what: &str| StripeApiError::InvalidResponse(what.to_owned());
+        let customer_id = created
+            .object
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("no string `id`"))?;
+        let customer_created = created
+            .object
+            .get("created")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| invalid("no integer `created`"))?;
+        match created.object.get("livemode").and_then(Value::as_bool) {
+            Some(mode) if mode != livemode => return Err(invalid("`livemode` is not the key's")),
+            _ => {}
+        }
+        let payload = api_event_payload(&ApiEvent {
+            id: &api_event_id(account, livemode, customer_id),
+            account: (*account != self.platform).then_some(account.as_str()),
+            created: customer_created,
+            livemode,
+            object: &created.raw,
+            request_id: created.request_id.as_deref(),
+            idempotency_key,
+        })
+        .map_err(|e| StripeApiError::InvalidResponse(e.to_string()))?;
+        // Parsed like a delivery, so the event is exactly what a replay of the log reads.
+        match event::parse(payload.as_bytes(), &self.platform) {
+            Ok(Delivery::Customer(event)) => Ok(event),
+            Ok(Delivery::Ignored { .. }) => {
+                Err(invalid("the recorded event is not a customer event"))
+            }
+            Err(e) => Err(StripeApiError::InvalidResponse(e.to_string())),
+        }
+    }
+}
+
+/// One caller's place in a flight. Holding it means holding the key's lock; dropping it
+/// (also when the request is cancelled) releases the lock and removes the map entry once
+/// nobody else holds or waits for it, so the map only holds keys in flight.
+struct Flight {
+    flights: Flights,
+    key: FlightKey,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Flight {
+    async fn join(flights: &Flights, key: FlightKey) -> Self {
+        let lock = {
+            // A poisoned map is still a consistent map: entries are inserted or removed
+            // whole, under the lock.
+            let mut map = flights.lock().unwrap_or_else(PoisonError::into_inner);
+            map.entry(key.clone()).or_default().clone()
+        };
+        let mut flight = Self {
+            flights: flights.clone(),
+            key,
+            lock: lock.clone(),
+            guard: None,
+        };
+        flight.guard = Some(lock.lock_owned().await);
+        flight
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.guard = None;
+        let mut map = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        // Others clone the entry under this same map lock, so the count cannot grow
+        // between the check and the removal. 2 = the map's and ours.
+        if map
+            .get(&self.key)
+            .is_some_and(|entry| Arc::ptr_eq(entry, &self.lock) && Arc::strong_count(entry) == 2)
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// The `Idempotency-Key` of a creation: a function of `(account, livemode, email key)`
+/// only, so every attempt and every process asks Stripe for the same customer. Versioned
+/// and length-prefixed, so no two keys encode alike and a future change of scheme cannot
+/// collide with this one.
+pub fn idempotency_key(account: &AccountId, livemode: bool, email: &EmailKey) -> String {
+    let encoded = format!(
+        "stripe-projector/ensure/v1\n{}:{}\n{}\n{}:{}",
+        account.as_str().len(),
+        account,
+        livemode,
+        email.as_str().len(),
+        email
+    );
+    format!(
+        "ensure-v1-{}",
+        hex::encode(Sha256::digest(encoded.as_bytes()))
+    )
+}
+
+/// The event id of a recorded API answer: a function of the customer (and of its account
+/// and mode, which Stripe ids already imply), so recording the same answer twice meets the
+/// log's unique event id and is a duplicate, never a second row. The `evt_api_` prefix
+/// tells an operator it was not delivered by Stripe.
+pub fn api_event_id(account: &AccountId, livemode: bool, customer_id: &str) -> String {
+    let encoded = format!(
+        "stripe-projector/api-event/v1\n{}:{}\n{}\n{}:{}",
+        account.as_str().len(),
+        account,
+        livemode,
+        customer_id.len(),
+        customer_id
+    );
+    let digest = hex::encode(Sha256::digest(encoded.as_bytes()));
+    format!("evt_api_{}", &digest[..32])
+}
+
+/// What is recorded for a customer created through the API.
+pub struct ApiEvent<'a> {
+    pub id: &'a str,
+    /// `None` for the platform's own account, as in Stripe's own events.
+    pub account: Option<&'a str>,
+    pub created: i64,
+    pub livemode: bool,
+    pub object: &'a RawValue,
+    pub request_id: Option<&'a str>,
+    pub idempotency_key: &'a str,
+}
+
+/// The payload stored verbatim in the log: a `customer.created` event shaped like
+/// Stripe's, so a replay parses it like any delivery:
+///
+/// ```json
+/// {"id":"evt_api_<32 hex>","object":"event","account":"acct_...","api_version":null,
+///  "created":<the Customer's created>,"data":{"object":<the Customer, byte for byte>},
+///  "livemode":false,"pending_webhooks":0,
+///  "request":{"id":"req_...","idempotency_key":"ensure-v1-<64 hex>"},
+///  "type":"customer.created","source":"api"}
+/// ```
+///
+/// Which snapshot wins (rule 3) between this event and Stripe's own `customer.created`
+/// for the same customer: we do not force either. Both carry the same Customer object, so
+/// checkout sees the same customer id, email, name and livemode whichever wins, and the
+/// winner is a function of the set of events (created, then type rank, then event id), so
+/// arrival order and replays agree. What we do choose is `created` = the Customer's own
+/// `created` and type `customer.created`: the earliest version a snapshot of this customer
+/// can have, so every real change (a `customer.updated` or `customer.deleted`, even in the
+/// same second) outranks it, and an old answer replayed by the idempotency key can never
+/// undo a newer state. Only `last_event_id`/`last_event_created` may move to Stripe's
+/// event when the webhook comes.
+pub fn api_event_payload(event: &ApiEvent<'_>) -> Result<String, serde_json::Error> {
+    #[derive(Serialize)]
+    struct Envelope<'a> {
+        id: &'a str,
+        object: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        account: Option<&'a str>,
+        api_version: Option<&'a str>,
+        created: i64,
+        data: Data<'a>,
+        livemode: bool,
+        pending_webhooks: u32,
+        request: Request<'a>,
+        #[serde(rename = "type")]
+        event_type: &'static str,
+        source: &'static str,
+    }
+    #[derive(Serialize)]
+    struct Data<'a> {
+        object: &'a RawValue,
+    }
+    #[derive(Serialize)]
+    struct Request<'a> {
+        id: Option<&'a str>,
+        idempotency_key: &'a str,
+    }
+    serde_json::to_string(&Envelope {
+        id: event.id,
+        object: "event",
+        account: event.account,
+        api_version: None,
+        created: event.created,
+        data: Data {
+            object: event.object,
+        },
+        livemode: event.livemode,
+        pending_webhooks: 0,
+        request: Request {
+            id: event.request_id,
+            idempotency_key: event.idempotency_key,
+        },
+        event_type: "customer.created",
+        source: Source::Api.as_str(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(id: &str) -> AccountId {
+        AccountId::parse(id).unwrap()
+    }
+
+    fn email(raw: &str) -> EmailKey {
+        EmailKey::normalize(raw).unwrap()
+    }
+
+    #[test]
+    fn idempotency_key_depends_on_the_normalized_key_only() {
+        let a = account("acct_a");
+        let key = idempotency_key(&a, false, &email(" Ada@Example.com"));
+        assert_eq!(key, idempotency_key(&a, false, &email("ada@example.com ")));
+        assert_eq!(key.len(), "ensure-v1-".len() + 64);
+        assert_ne!(key, idempotency_key(&a, true, &email("ada@example.com")));
+        assert_ne!(
+            key,
+            idempotency_key(&account("acct_b"), false, &email("ada@example.com"))
+        );
+        // Moving the boundary between account and email never gives the same key.
+        assert_ne!(
+            idempotency_key(&account("acct_ab"), false, &email("c@d")),
+            idempotency_key(&account("acct_a"), false, &email("bc@d"))
+        );
+    }
+
+    #[test]
+    fn api_event_id_is_deterministic_and_valid() {
+        let a = account("acct_a");
+        let id = api_event_id(&a, false, "cus_1");
+        assert_eq!(id, api_event_id(&a, false, "cus_1"));
+        assert_ne!(id, api_event_id(&a, false, "cus_2"));
+        assert_ne!(id, api_event_id(&a, true, "cus_1"));
+        assert!(id.starts_with("evt_api_") && crate::domain::EventId::parse(&id).is_ok());
+    }
+
+    #[test]
+    fn payload_parses_as_the_customer_created_event_it_records() {
+        let object = RawValue::from_string(
+            r#"{"id":"cus_1","object":"customer","email":"A@b.c","created":7}"#.to_owned(),
+        )
+        .unwrap();
+        let platform = account("platform");
+        for (tag, expected) in [(Some("acct_a"), "acct_a"), (None, "platform")] {
+            let payload = api_event_payload(&ApiEvent {
+                id: "evt_api_1",
+                account: tag,
+                created: 7,
+                livemode: false,
+                object: &object,
+                request_id: Some("req_1"),
+                idempotency_key: "ensure-v1-x",
+            })
+            .unwrap();
+            assert!(payload.contains(r#""data":{"object":{"id":"cus_1","object":"customer","email":"A@b.c","created":7}}"#));
+            assert!(payload.ends_with(r#""source":"api"}"#));
+            let Ok(Delivery::Customer(event)) = event::parse(payload.as_bytes(), &platform) else {
+                panic!("{payload}");
+            };
+            assert_eq!(event.account.as_str(), expected);
+            assert_eq!(event.event_type, "customer.created");
+            assert_eq!((event.created, event.livemode), (7, false));
+            assert_eq!(event.object_id.as_deref(), Some("cus_1"));
+        }
+    }
+
+    #[tokio::test]
+    async fn flights_queue_callers_of_one_key_and_leave_no_entry_behind() {
+        let flights = Arc::default();
+        let key = (account("acct_a"), false, email("a@b.c"));
+        let first = Flight::join(&flights, key.clone()).await;
+        let waiter = {
+            let (flights, key) = (flights.clone(), key.clone());
+            tokio::spawn(async move { drop(Flight::join(&flights, key).await) })
+        };
+        // The waiter cannot get in while the first holds the key; another key can.
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(Flight::join(&flights, (account("acct_b"), false, email("a@b.c"))).await);
+        drop(first);
+        waiter.await.unwrap();
+        assert!(flights.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn requests_refuse_missing_blank_and_unstorable_values() {
+        let ok =
+            EnsureRequest::parse(Some("acct_1"), Some(" Ada@X.io "), None, Some("Ada")).unwrap();
+        assert_eq!(ok.email, "Ada@X.io");
+        assert_eq!(ok.email_key.as_str(), "ada@x.io");
+        let cases = [
+            (None, Some("a@b.c"), None),
+            (Some(""), Some("a@b.c"), None),
+            (Some("acct 1"), Some("a@b.c"), None),
+            (Some("acct_é"), Some("a@b.c"), None),
+            (Some("acct_1"), None, None),
+            (Some("acct_1"), Some("  "), None),
+            (Some("acct_1"), Some("a\u{0}@b.c"), None),
+            (Some("acct_1"), Some("a@b.c"), Some("A\u{0}")),
+        ];
+        for (account, email, name) in cases {
+            assert!(
+                EnsureRequest::parse(account, email, None, name).is_err(),
+                "{account:?} {email:?} {name:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! `POST /v1/customers/ensure`: checkout's get-or-create.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{Map, Value};
+
+use super::customers::authorize;
+use super::webhook::read_limited;
+use super::{ApiError, AppState};
+use crate::ensure::{EnsureRequest, InvalidEnsure};
+
+/// An ensure body is four short fields; anything near this size is not one.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub(super) async fn ensure(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&request, state.read_token.as_ref())?;
+    let body = read_limited(&request, payload, MAX_BODY_BYTES).await?;
+    let ensure = parse_body(&body).map_err(crate::ensure::EnsureError::from)?;
+    let ensured = state.ensure.ensure(&state.store, &ensure).await?;
+    let status = if ensured.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status).json(ensured))
+}
+
+/// Reads the JSON body field by field, so each mistake gets a message naming the field.
+/// `null` counts as absent.
+fn parse_body(body: &[u8]) -> Result<EnsureRequest, InvalidEnsure> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| InvalidEnsure(format!("body is not JSON: {e}")))?;
+    let Value::Object(fields) = value else {
+        return Err(InvalidEnsure("body must be a JSON object".into()));
+    };
+    let livemode = match fields.get("livemode") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(livemode)) => Some(*livemode),
+        Some(_) => return Err(InvalidEnsure("livemode must be true or false".into())),
+    };
+    EnsureRequest::parse(
+        text(&fields, "account")?,
+        text(&fields, "email")?,
+        livemode,
+        text(&fields, "name")?,
+    )
+}
+
+fn text<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, InvalidEnsure> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(_) => Err(InvalidEnsure(format!("{name} must be a string"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_fields_are_typed() {
+        let ok =
+            parse_body(br#"{"account":"acct_1","email":"a@b.c","livemode":false,"name":null}"#)
+                .unwrap();
+        assert_eq!(ok.livemode, Some(false));
+        assert_eq!(ok.name, None);
+        for bad in [
+            &b"not json"[..],
+            br#"[]"#,
+            br#"{"email":"a@b.c"}"#,
+            br#"{"account":"acct_1"}"#,
+            br#"{"account":"acct_1","email":"a@b.c","livemode":"false"}"#,
+            br#"{"account":"acct_1","email":7}"#,
+            br#"{"account":"acct_1","email":"a@b.c","name":["x"]}"#,
+        ] {
+            assert!(parse_body(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}
