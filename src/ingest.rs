@@ -19,6 +19,17 @@ pub enum Accepted {
     Ignored { event_id: String },
 }
 
+impl Accepted {
+    /// The `status` of the body, as a metric label.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Stored { .. } => "stored",
+            Self::Duplicate { .. } => "duplicate",
+            Self::Ignored { .. } => "ignored",
+        }
+    }
+}
+
 /// Why a delivery was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum Rejected {

@@ -11,6 +11,7 @@ pub mod domain;
 pub mod http;
 pub mod ingest;
 pub mod lookup;
+pub mod metrics;
 pub mod projection;
 pub mod secret;
 pub mod store;

@@ -48,7 +48,8 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/webhooks/stripe", web::post().to(webhook::receive))
         .route("/v1/customers", web::get().to(customers::lookup))
         .route("/healthz", web::get().to(ops::healthz))
-        .route("/readyz", web::get().to(ops::readyz));
+        .route("/readyz", web::get().to(ops::readyz))
+        .route("/metrics", web::get().to(ops::metrics));
 }
 
 /// Builds the server on an already bound listener (port 0 in tests). It does not handle
@@ -58,13 +59,19 @@ pub fn server(
     listener: TcpListener,
     options: ServerOptions,
 ) -> std::io::Result<Server> {
+    // Before the first request, so build info and the zeroed series are there at once.
+    crate::metrics::install();
     let state = web::Data::new(state);
-    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
-        .workers(options.workers)
-        .shutdown_timeout(options.shutdown_timeout.as_secs())
-        .disable_signals()
-        .listen(listener)?
-        .run();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(routes)
+    })
+    .workers(options.workers)
+    .shutdown_timeout(options.shutdown_timeout.as_secs())
+    .disable_signals()
+    .listen(listener)?
+    .run();
     Ok(server)
 }
 
