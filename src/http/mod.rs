@@ -3,12 +3,14 @@
 mod customers;
 mod error;
 mod ops;
+mod request_id;
 mod webhook;
 
 use std::net::TcpListener;
 use std::time::Duration;
 
 use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
 use crate::config::WebhookConfig;
@@ -64,6 +66,7 @@ pub fn server(
     let state = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(from_fn(request_id::middleware))
             .app_data(state.clone())
             .configure(routes)
     })
