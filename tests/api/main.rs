@@ -6,6 +6,7 @@ mod helpers;
 mod cli;
 mod crash;
 mod lookup;
+mod ops;
 mod permutation;
 mod process;
 mod rules;
