@@ -19,6 +19,17 @@ pub enum Accepted {
     Ignored { event_id: String },
 }
 
+impl Accepted {
+    /// The `status` of the body, as a metric label.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Stored { .. } => "stored",
+            Self::Duplicate { .. } => "duplicate",
+            Self::Ignored { .. } => "ignored",
+        }
+    }
+}
+
 /// Why a delivery was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum Rejected {
@@ -32,6 +43,10 @@ pub enum Rejected {
 
 /// Verifies, parses, then appends and projects a delivery. Returns only once the event is
 /// committed, so an `Ok` may be acknowledged to Stripe.
+///
+/// Once parsed, the event's id, type and account are recorded on the current span (the
+/// HTTP request span declares `event_id`, `event_type` and `account`), so every line
+/// logged for this delivery names the event. Never the body: it holds emails.
 pub async fn deliver(
     store: &Store,
     config: &WebhookConfig,
@@ -46,10 +61,18 @@ pub async fn deliver(
         now,
         config.tolerance_secs,
     )?;
+    let span = tracing::Span::current();
     let event = match event::parse(body, &config.platform_account)? {
-        Delivery::Ignored { event_id } => return Ok(Accepted::Ignored { event_id }),
+        Delivery::Ignored { event_id } => {
+            span.record("event_id", event_id.as_str());
+            tracing::info!("event ignored: not a customer.* event");
+            return Ok(Accepted::Ignored { event_id });
+        }
         Delivery::Customer(event) => event,
     };
+    span.record("event_id", event.id.as_str());
+    span.record("event_type", event.event_type.as_str());
+    span.record("account", event.account.as_str());
     let effect = projection::effect_of(&event);
     let event_id = event.id.to_string();
     match store.append(&event, &effect, Source::Webhook).await? {
@@ -57,13 +80,13 @@ pub async fn deliver(
             projection_error, ..
         } => {
             if let Some(reason) = projection_error {
-                tracing::warn!(event_id, event_type = %event.event_type, account = %event.account, %reason, "event stored but not projected");
+                tracing::warn!(%reason, "event stored but not projected");
             }
-            tracing::info!(event_id, event_type = %event.event_type, account = %event.account, "event stored");
+            tracing::info!("event stored");
             Ok(Accepted::Stored { event_id })
         }
         AppendOutcome::Duplicate => {
-            tracing::info!(event_id, event_type = %event.event_type, account = %event.account, "duplicate delivery");
+            tracing::info!("duplicate delivery");
             Ok(Accepted::Duplicate { event_id })
         }
     }

@@ -13,6 +13,7 @@ pub mod http;
 pub mod import;
 pub mod ingest;
 pub mod lookup;
+pub mod metrics;
 pub mod projection;
 pub mod replay;
 pub mod secret;

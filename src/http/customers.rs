@@ -16,11 +16,21 @@ struct LookupQuery {
     livemode: Option<String>,
 }
 
+/// Answers checkout and counts the outcome.
 pub(super) async fn lookup(
     request: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&request, state.read_token.as_ref())?;
+    let answer = answer_lookup(&request, &state).await;
+    crate::metrics::lookup_answered(match &answer {
+        Ok(_) => "found",
+        Err(error) => error.code(),
+    });
+    answer
+}
+
+async fn answer_lookup(request: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
+    authorize(request, state.read_token.as_ref())?;
     let query = web::Query::<LookupQuery>::from_query(request.query_string())
         .map_err(|e| InvalidLookup(format!("query string: {e}")))?;
     let lookup = LookupRequest::parse(

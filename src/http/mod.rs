@@ -4,12 +4,14 @@ mod customers;
 mod ensure;
 mod error;
 mod ops;
+mod request_id;
 mod webhook;
 
 use std::net::TcpListener;
 use std::time::Duration;
 
 use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
 use crate::config::WebhookConfig;
@@ -53,7 +55,8 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/v1/customers", web::get().to(customers::lookup))
         .route("/v1/customers/ensure", web::post().to(ensure::ensure))
         .route("/healthz", web::get().to(ops::healthz))
-        .route("/readyz", web::get().to(ops::readyz));
+        .route("/readyz", web::get().to(ops::readyz))
+        .route("/metrics", web::get().to(ops::metrics));
 }
 
 /// Builds the server on an already bound listener (port 0 in tests). It does not handle
@@ -63,13 +66,20 @@ pub fn server(
     listener: TcpListener,
     options: ServerOptions,
 ) -> std::io::Result<Server> {
+    // Before the first request, so build info and the zeroed series are there at once.
+    crate::metrics::install();
     let state = web::Data::new(state);
-    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
-        .workers(options.workers)
-        .shutdown_timeout(options.shutdown_timeout.as_secs())
-        .disable_signals()
-        .listen(listener)?
-        .run();
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(from_fn(request_id::middleware))
+            .app_data(state.clone())
+            .configure(routes)
+    })
+    .workers(options.workers)
+    .shutdown_timeout(options.shutdown_timeout.as_secs())
+    .disable_signals()
+    .listen(listener)?
+    .run();
     Ok(server)
 }
 

@@ -28,6 +28,19 @@ pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// Prometheus text exposition of this process's metrics.
+pub(super) async fn metrics() -> HttpResponse {
+    match crate::metrics::render() {
+        Some(text) => HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(text),
+        None => HttpResponse::ServiceUnavailable().json(json!({
+            "error": "metrics_unavailable",
+            "message": "another metrics recorder is installed in this process"
+        })),
+    }
+}
+
 fn not_ready() -> HttpResponse {
     HttpResponse::ServiceUnavailable()
         .json(json!({ "error": "store_unavailable", "message": "the database does not answer" }))

@@ -8,14 +8,28 @@ use futures_util::StreamExt;
 use super::{ApiError, AppState};
 use crate::ingest;
 
-/// Checks run in the contract's order: body size, header present, then (in `ingest`)
-/// header syntax, signature, timestamp, payload shape.
+/// Answers a delivery and counts its outcome.
 pub(super) async fn receive(
     request: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_limited(&request, payload, state.webhook.max_body_bytes).await?;
+    let answer = accept(&request, payload, &state).await;
+    crate::metrics::webhook_answered(match &answer {
+        Ok(accepted) => accepted.outcome(),
+        Err(error) => error.code(),
+    });
+    Ok(HttpResponse::Ok().json(answer?))
+}
+
+/// Checks run in the contract's order: body size, header present, then (in `ingest`)
+/// header syntax, signature, timestamp, payload shape.
+async fn accept(
+    request: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<ingest::Accepted, ApiError> {
+    let body = read_limited(request, payload, state.webhook.max_body_bytes).await?;
     let signature = request
         .headers()
         .get("Stripe-Signature")
@@ -29,7 +43,7 @@ pub(super) async fn receive(
         now,
     )
     .await?;
-    Ok(HttpResponse::Ok().json(accepted))
+    Ok(accepted)
 }
 
 /// Reads the raw body (the signature covers these exact bytes), refusing more than

@@ -113,6 +113,34 @@ impl TestDb {
         }
     }
 
+    /// PostgreSQL only: refuses new connections to this database and ends the open ones,
+    /// as a database that went away would.
+    pub async fn refuse_connections(&self) {
+        let (admin, name) = self.postgres.as_ref().expect("a PostgreSQL test database");
+        let mut conn = connect_admin(admin).await;
+        for sql in [
+            format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"),
+            format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+            ),
+        ] {
+            sqlx::Executor::execute(&mut conn, sql.as_str())
+                .await
+                .expect(&sql);
+        }
+    }
+
+    /// PostgreSQL only: lets connections in again.
+    pub async fn allow_connections(&self) {
+        let (admin, name) = self.postgres.as_ref().expect("a PostgreSQL test database");
+        let mut conn = connect_admin(admin).await;
+        let sql = format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true");
+        sqlx::Executor::execute(&mut conn, sql.as_str())
+            .await
+            .expect(&sql);
+    }
+
     pub async fn store(&self) -> Store {
         let store = Store::connect(&DatabaseUrl::parse(&self.url).unwrap())
             .await
@@ -392,4 +420,13 @@ pub fn created(id: &str, account: &str, customer_id: &str, email: &str, created:
         customer_created: created,
     }
     .to_json()
+}
+
+/// The value of one series in a Prometheus text exposition: `series` is the metric name
+/// with its labels exactly as rendered (`name{label="value"}`), or the bare name.
+pub fn metric(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
 }

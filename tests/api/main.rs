@@ -9,6 +9,7 @@ mod ensure;
 mod fake_stripe;
 mod import;
 mod lookup;
+mod ops;
 mod permutation;
 mod process;
 mod replay;

@@ -1,7 +1,8 @@
 //! The real binary as a child process: for crashes, signals and the command line.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::helpers::SECRET;
 
@@ -23,6 +24,8 @@ pub fn command(database_url: &str) -> Command {
         "STRIPE_API_TIMEOUT_SECS",
         "LOG_FORMAT",
         "RUST_LOG",
+        "SHUTDOWN_TIMEOUT_SECS",
+        "HTTP_WORKERS",
     ] {
         command.env_remove(name);
     }
@@ -45,16 +48,26 @@ pub struct Served {
     pub base: String,
 }
 
+/// `serve` on a free port with the suite's secret; add settings before `Served::spawn`.
+/// Its logs are discarded unless the caller redirects stderr.
+pub fn serve_command(database_url: &str) -> Command {
+    let mut command = command(database_url);
+    command
+        .arg("serve")
+        .env("STRIPE_WEBHOOK_SECRET", SECRET)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .stderr(Stdio::null());
+    command
+}
+
 impl Served {
     pub fn start(database_url: &str) -> Self {
-        let mut child = command(database_url)
-            .arg("serve")
-            .env("STRIPE_WEBHOOK_SECRET", SECRET)
-            .env("LISTEN_ADDR", "127.0.0.1:0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn serve");
+        Self::spawn(serve_command(database_url))
+    }
+
+    /// Starts a prepared `serve` command and waits until it accepts connections.
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command.stdout(Stdio::piped()).spawn().expect("spawn serve");
         // `serve` prints its bound address once it accepts connections.
         let stdout = child.stdout.take().expect("piped stdout");
         let mut line = String::new();
@@ -67,6 +80,35 @@ impl Served {
             .unwrap_or_else(|| panic!("serve did not start: {line:?}"))
             .to_owned();
         Self { child, base }
+    }
+
+    /// SIGTERM: the graceful stop.
+    pub fn terminate(&self) {
+        let signalled = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(signalled.success(), "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit by itself, at most `bound`; `None` if it is still
+    /// running then. Polls: the exit is a state to reach, not a time to assert.
+    pub fn wait_exit(&mut self, bound: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The `host:port` it listens on.
+    pub fn addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
     }
 
     /// SIGKILL: no shutdown code runs.
