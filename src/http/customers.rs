@@ -54,10 +54,13 @@ pub(super) fn authorize(request: &HttpRequest, token: Option<&Secret>) -> Result
     let Some(token) = token else {
         return Ok(());
     };
+    // The scheme name is case-insensitive (RFC 9110); the token is not.
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+        .map(|value| value.as_bytes())
+        .filter(|value| value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer "))
+        .map(|value| &value[7..]);
     match presented {
         Some(presented) if token.matches(presented) => Ok(()),
         _ => Err(ApiError::Unauthorized),

@@ -210,6 +210,21 @@ pub struct Status {
     pub projection_errors: i64,
 }
 
+fn record_append(
+    event: &CustomerEvent,
+    source: Source,
+    elapsed: std::time::Duration,
+    outcome: &AppendOutcome,
+) {
+    let (stored, projection_error) = match outcome {
+        AppendOutcome::Stored {
+            projection_error, ..
+        } => (true, projection_error.is_some()),
+        AppendOutcome::Duplicate => (false, false),
+    };
+    metrics::append_finished(&event.event_type, source, elapsed, stored, projection_error);
+}
+
 /// The store: an event log and its projection, on one of the two backends.
 #[derive(Debug, Clone)]
 pub enum Store {
@@ -254,19 +269,7 @@ impl Store {
             Self::Sqlite(s) => sqlite::queries::append(&s.writer, event, effect, source).await?,
             Self::Postgres(s) => postgres::queries::append(&s.pool, event, effect, source).await?,
         };
-        let (stored, projection_error) = match &outcome {
-            AppendOutcome::Stored {
-                projection_error, ..
-            } => (true, projection_error.is_some()),
-            AppendOutcome::Duplicate => (false, false),
-        };
-        metrics::append_finished(
-            &event.event_type,
-            source,
-            started.elapsed(),
-            stored,
-            projection_error,
-        );
+        record_append(event, source, started.elapsed(), &outcome);
         Ok(outcome)
     }
 
@@ -277,10 +280,17 @@ impl Store {
         events: &[(CustomerEvent, Effect)],
         source: Source,
     ) -> Result<Vec<AppendOutcome>, StoreError> {
-        Ok(match self {
+        let started = Instant::now();
+        let outcomes = match self {
             Self::Sqlite(s) => sqlite::queries::append_many(&s.writer, events, source).await?,
             Self::Postgres(s) => postgres::queries::append_many(&s.pool, events, source).await?,
-        })
+        };
+        // Each event of the batch waited for the batch's commit.
+        let elapsed = started.elapsed();
+        for ((event, _), outcome) in events.iter().zip(&outcomes) {
+            record_append(event, source, elapsed, outcome);
+        }
+        Ok(outcomes)
     }
 
     /// The customer checkout should use for this email on this account.

@@ -143,6 +143,35 @@ async fn read_token_is_required_when_configured(backend: Backend) {
     );
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(right.status(), StatusCode::OK);
+    for header in ["bearer s3cret-token", "BEARER s3cret-token"] {
+        let response = app
+            .client
+            .get(&url)
+            .header("Authorization", header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "the scheme is case-insensitive: {header}"
+        );
+    }
+    for header in [
+        "Bearer S3CRET-TOKEN",
+        "Basic s3cret-token",
+        "Bearer",
+        "s3cret-token",
+    ] {
+        let response = app
+            .client
+            .get(&url)
+            .header("Authorization", header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{header}");
+    }
     // Webhooks are authenticated by their signature, never by the read token.
     let (status, _) = app
         .deliver_fixture("seed/02_customer_created_organizer_b.json")
