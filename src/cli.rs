@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{self, WebhookConfig};
 use crate::domain::AccountId;
 use crate::ensure::{EnsureError, EnsureRequest, Ensurer};
+use crate::group_commit::GroupCommitter;
 use crate::http::{self, AppState, ServerOptions};
 use crate::lookup::LookupRequest;
 use crate::replay::{self, Progress};
@@ -324,6 +325,7 @@ async fn serve(database_url: &str, args: ServeArgs) -> Result<ExitCode, Failure>
     };
     let server = http::server(
         AppState {
+            committer: GroupCommitter::start(&store),
             store,
             webhook,
             read_token,

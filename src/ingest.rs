@@ -5,8 +5,9 @@
 use serde::Serialize;
 
 use crate::config::WebhookConfig;
+use crate::group_commit::GroupCommitter;
 use crate::projection;
-use crate::store::{AppendOutcome, Source, Store, StoreError};
+use crate::store::{AppendOutcome, Source, StoreError};
 use crate::stripe::event::{self, Delivery, PayloadError};
 use crate::stripe::signature::{self, SignatureError};
 
@@ -48,7 +49,7 @@ pub enum Rejected {
 /// HTTP request span declares `event_id`, `event_type` and `account`), so every line
 /// logged for this delivery names the event. Never the body: it holds emails.
 pub async fn deliver(
-    store: &Store,
+    committer: &GroupCommitter,
     config: &WebhookConfig,
     signature_header: &[u8],
     body: &[u8],
@@ -75,7 +76,7 @@ pub async fn deliver(
     span.record("account", event.account.as_str());
     let effect = projection::effect_of(&event);
     let event_id = event.id.to_string();
-    match store.append(&event, &effect, Source::Webhook).await? {
+    match committer.append(event, effect, Source::Webhook).await? {
         AppendOutcome::Stored {
             projection_error, ..
         } => {

@@ -16,6 +16,7 @@ use actix_web::{web, App, HttpServer};
 
 use crate::config::WebhookConfig;
 use crate::ensure::Ensurer;
+use crate::group_commit::GroupCommitter;
 use crate::secret::Secret;
 use crate::store::Store;
 
@@ -25,6 +26,8 @@ pub use error::ApiError;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub store: Store,
+    /// Webhook appends go through here and share transactions (see `group_commit`).
+    pub committer: GroupCommitter,
     pub webhook: WebhookConfig,
     /// When set, `/v1/...` requests need `Authorization: Bearer <token>`.
     pub read_token: Option<Secret>,

@@ -36,7 +36,7 @@ async fn accept(
         .ok_or(ApiError::MissingSignature)?;
     let now = chrono::Utc::now().timestamp();
     let accepted = ingest::deliver(
-        &state.store,
+        &state.committer,
         &state.webhook,
         signature.as_bytes(),
         &body,

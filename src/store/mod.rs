@@ -54,6 +54,11 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the writer has stopped")]
+    WriterStopped,
+    /// Another event's failure, shared by everything committed with it.
+    #[error("the transaction holding this event failed")]
+    BatchFailed,
 }
 
 /// Where an event in the log came from.

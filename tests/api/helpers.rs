@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use stripe_projector::config::WebhookConfig;
 use stripe_projector::domain::AccountId;
 use stripe_projector::ensure::Ensurer;
+use stripe_projector::group_commit::GroupCommitter;
 use stripe_projector::http::{self, AppState, ServerOptions};
 use stripe_projector::secret::Secret;
 use stripe_projector::store::{DatabaseUrl, Store};
@@ -250,6 +251,7 @@ impl TestApp {
             .stripe_api
             .map(|api| StripeApi::new(api).expect("Stripe client"));
         let state = AppState {
+            committer: GroupCommitter::start(&store),
             store: store.clone(),
             webhook: WebhookConfig {
                 secrets: config.secrets.into_iter().map(Secret::new).collect(),

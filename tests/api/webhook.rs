@@ -284,6 +284,46 @@ async fn health_and_readiness_answer(backend: Backend) {
     );
 }
 
+/// Group commit: a burst shares transactions, yet each delivery is answered for itself.
+async fn a_concurrent_burst_is_stored_whole_and_one_bad_event_fails_nobody(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut bodies: Vec<Vec<u8>> = (0..120)
+        .map(|i| {
+            created(
+                &format!("evt_burst_{i:03}"),
+                "acct_1",
+                &format!("cus_{i:03}"),
+                &format!("b{i}@example.com"),
+                1,
+            )
+            .to_string()
+            .into_bytes()
+        })
+        .collect();
+    let redeliveries: Vec<Vec<u8>> = (0..20).map(|i| bodies[i * 3].clone()).collect();
+    bodies.extend(redeliveries);
+    bodies.push(fixture("other/customer_created_not_a_customer.json"));
+
+    let answers = futures_util::future::join_all(bodies.iter().map(|body| app.deliver(body))).await;
+
+    assert!(
+        answers.iter().all(|(status, _)| *status == StatusCode::OK),
+        "{answers:?}"
+    );
+    let count = |s: &str| {
+        answers
+            .iter()
+            .filter(|(_, body)| body["status"] == s)
+            .count()
+    };
+    assert_eq!((count("stored"), count("duplicate")), (121, 20));
+    let status = app.store.status().await.unwrap();
+    assert_eq!(
+        (status.events, status.customers, status.projection_errors),
+        (121, 120, 1)
+    );
+}
+
 on_both_backends!(
     new_customer_event_is_stored_with_its_account_tag_and_raw_payload,
     redelivery_is_stored_once_and_answered_duplicate,
@@ -298,4 +338,5 @@ on_both_backends!(
     body_over_the_limit_is_413_before_any_other_check,
     store_that_cannot_commit_answers_503_and_recovers,
     health_and_readiness_answer,
+    a_concurrent_burst_is_stored_whole_and_one_bad_event_fails_nobody,
 );

@@ -1,0 +1,145 @@
+//! Group commit: concurrent deliveries share one transaction.
+//!
+//! A commit costs a disk flush (SQLite) or a round trip and a WAL flush (PostgreSQL),
+//! whatever it holds. Deliveries therefore queue here, and a committer takes everything
+//! queued (up to a bound) into one transaction. Nobody waits for a batch to fill: a lone
+//! delivery is committed at once, and batches grow only while a commit is in progress.
+//! Each caller is answered after the transaction holding its event has committed, so
+//! acknowledging stays durable. Duplicates are detected within a batch and across
+//! batches by the store, and an event that cannot be projected is data, not a failure.
+//! If a batch fails as a whole, its events are retried one by one, so one bad event
+//! cannot fail its neighbours.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::projection::Effect;
+use crate::store::{AppendOutcome, Source, Store, StoreError};
+use crate::stripe::event::CustomerEvent;
+
+/// Events per transaction at most: bounds a transaction's length and its locks.
+const MAX_BATCH: usize = 512;
+/// Deliveries that may wait for a committer; beyond this, callers wait to enqueue.
+const QUEUE: usize = 8_192;
+
+struct Job {
+    event: CustomerEvent,
+    effect: Effect,
+    source: Source,
+    reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+/// The handle request handlers append through. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct GroupCommitter {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("event_id", &self.event.id)
+            .finish()
+    }
+}
+
+impl GroupCommitter {
+    /// Starts the committers on the current Tokio runtime: one for SQLite (it has one
+    /// writer), several for PostgreSQL so that one batch gathers while another commits.
+    pub fn start(store: &Store) -> Self {
+        let committers = match store {
+            Store::Sqlite(_) => 1,
+            Store::Postgres(_) => 4,
+        };
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..committers {
+            tokio::spawn(run(store.clone(), queue.clone()));
+        }
+        Self { jobs }
+    }
+
+    /// Appends and projects one event; returns once it is committed (or known to be a
+    /// duplicate).
+    pub async fn append(
+        &self,
+        event: CustomerEvent,
+        effect: Effect,
+        source: Source,
+    ) -> Result<AppendOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            event,
+            effect,
+            source,
+            reply,
+        };
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+}
+
+/// One committer: take what is queued, commit it, answer, repeat until every handle is
+/// gone.
+async fn run(store: Store, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        {
+            let mut queue = queue.lock().await;
+            if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                return;
+            }
+        }
+        commit(&store, &mut batch).await;
+    }
+}
+
+async fn commit(store: &Store, batch: &mut Vec<Job>) {
+    // One `append_many` takes one source; webhooks are the only caller today, so a mixed
+    // batch is the rare case and is committed event by event.
+    let source = batch[0].source;
+    if batch.iter().any(|job| job.source != source) {
+        for job in batch.drain(..) {
+            let outcome = store.append(&job.event, &job.effect, job.source).await;
+            let _ = job.reply.send(outcome);
+        }
+        return;
+    }
+    let (events, replies): (Vec<_>, Vec<_>) = batch
+        .drain(..)
+        .map(|job| ((job.event, job.effect), job.reply))
+        .unzip();
+    match store.append_many(&events, source).await {
+        Ok(outcomes) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                // A caller that went away (client disconnected) needs no answer.
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        // Only a statement the database refused can be one event's fault; a lost
+        // connection or a full pool fails everyone alike, at once.
+        Err(error) if events.len() == 1 || !refused_statement(&error) => {
+            let mut replies = replies.into_iter();
+            if let Some(first) = replies.next() {
+                let _ = first.send(Err(error));
+            }
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::BatchFailed));
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, events = events.len(), "batch failed; committing its events one by one");
+            for (reply, (event, effect)) in replies.into_iter().zip(&events) {
+                let _ = reply.send(store.append(event, effect, source).await);
+            }
+        }
+    }
+}
+
+fn refused_statement(error: &StoreError) -> bool {
+    matches!(error, StoreError::Database(sqlx::Error::Database(_)))
+}
