@@ -134,6 +134,19 @@ impl Projected {
     }
 }
 
+/// Keeps each customer's newest snapshot, sorted by key: what a batch writes, since a
+/// multi-row statement may touch a row only once, and taking the newest first gives the
+/// same row as applying them one by one.
+pub fn newest_per_customer(mut rows: Vec<Projected>) -> Vec<Projected> {
+    rows.sort_by(|a, b| {
+        a.key()
+            .cmp(&b.key())
+            .then_with(|| b.snapshot.version.cmp(&a.snapshot.version))
+    });
+    rows.dedup_by(|later, earlier| later.key() == earlier.key());
+    rows
+}
+
 /// What a `customer.*` event contributes to the customer table.
 pub fn effect_of(event: &CustomerEvent) -> Effect {
     let Some(rank) = TypeRank::of(&event.event_type) else {
@@ -446,6 +459,44 @@ mod tests {
             };
             assert_eq!(snapshot.email_key, None);
         }
+    }
+
+    #[test]
+    fn a_batch_keeps_each_customers_newest_snapshot_sorted_by_key() {
+        let row = |id: &str, created: i64, customer_id: &str| {
+            let event = event(
+                id,
+                "customer.updated",
+                created,
+                customer(customer_id, "a@b.c", 1),
+            );
+            let Effect::Snapshot(snapshot) = effect_of(&event) else {
+                panic!()
+            };
+            Projected::new(&event, snapshot)
+        };
+        let rows = vec![
+            row("evt_1", 5, "cus_b"),
+            row("evt_2", 9, "cus_a"),
+            row("evt_3", 7, "cus_b"),
+            row("evt_4", 1, "cus_a"),
+        ];
+        let kept: Vec<(String, String)> = newest_per_customer(rows)
+            .into_iter()
+            .map(|r| {
+                (
+                    r.snapshot.customer_id.to_string(),
+                    r.snapshot.version.event_id.to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("cus_a".into(), "evt_2".into()),
+                ("cus_b".into(), "evt_3".into())
+            ]
+        );
     }
 
     #[test]

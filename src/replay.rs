@@ -89,20 +89,8 @@ async fn flush(
     if batch.is_empty() {
         return Ok(());
     }
-    // Sorted rows keep the write pattern index-friendly and lock order fixed.
-    batch.sort_by(|a, b| a.key().cmp(&b.key()));
-    batch.dedup_by(|later, earlier| {
-        if later.key() != earlier.key() {
-            return false;
-        }
-        if later.snapshot.version > earlier.snapshot.version {
-            std::mem::swap(later, earlier);
-        }
-        true
-    });
-    store.write_rebuild(rebuild, batch).await?;
-    batch.clear();
-    Ok(())
+    let rows = projection::newest_per_customer(std::mem::take(batch));
+    store.write_rebuild(rebuild, &rows).await
 }
 
 /// What one logged event contributes, computed by today's projection code from the

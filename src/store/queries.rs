@@ -125,33 +125,143 @@ pub(in crate::store) async fn append(
     Ok(outcome)
 }
 
+/// Rows per multi-row statement: a round trip per statement is what batching saves
+/// (SQLite runs each on its worker thread), and this stays far below both backends'
+/// bind-parameter limits.
+const ROWS_PER_STATEMENT: usize = 256;
+
+const INSERT_EVENTS_HEAD: &str = "
+    INSERT INTO events (event_id, account, type, created, livemode, object_id, source, payload,
+                        customer_id, email, email_key, name, customer_created, version,
+                        projection_error) ";
+
+const INSERT_EVENTS_TAIL: &str = " ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id";
+
+const UPSERT_CUSTOMERS_HEAD: &str = "
+    INSERT INTO {table} AS c (account, livemode, customer_id, email, email_key, name,
+                              customer_created, deleted, version, last_event_id,
+                              last_event_created) ";
+
+const UPSERT_CUSTOMERS_TAIL: &str = "
+    ON CONFLICT (account, livemode, customer_id) DO UPDATE SET
+        email = excluded.email,
+        email_key = excluded.email_key,
+        name = excluded.name,
+        customer_created = excluded.customer_created,
+        deleted = excluded.deleted,
+        version = excluded.version,
+        last_event_id = excluded.last_event_id,
+        last_event_created = excluded.last_event_created
+    WHERE excluded.version > c.version";
+
 /// Appends many events in one transaction, each idempotent on its id (a repeat within the
-/// batch is a duplicate too). Locks are taken in one fixed order, all event ids sorted,
-/// then all customer rows sorted, so concurrent batches and single appends cannot
-/// deadlock. Outcomes are in input order.
+/// batch is a duplicate too), with multi-row statements. Locks are taken in one fixed
+/// order, event ids sorted, then customer rows sorted, so concurrent batches and single
+/// appends cannot deadlock. Outcomes are in input order.
 pub(in crate::store) async fn append_many(
     pool: &Pool<Db>,
     events: &[(CustomerEvent, Effect)],
     source: Source,
 ) -> Result<Vec<AppendOutcome>, sqlx::Error> {
-    let mut order: Vec<usize> = (0..events.len()).collect();
-    order.sort_by(|&a, &b| events[a].0.id.cmp(&events[b].0.id));
+    // A stable sort keeps the first delivery of a repeated id first: that one may be new.
+    let mut candidates: Vec<usize> = (0..events.len()).collect();
+    candidates.sort_by(|&a, &b| events[a].0.id.cmp(&events[b].0.id));
+    candidates.dedup_by(|later, earlier| events[*later].0.id == events[*earlier].0.id);
+    let mut tx = pool.begin().await?;
+    let mut stored = std::collections::HashMap::with_capacity(candidates.len());
+    for chunk in candidates.chunks(ROWS_PER_STATEMENT) {
+        let chunk = chunk.iter().map(|&i| &events[i]);
+        stored.extend(insert_events(&mut tx, chunk, source).await?);
+    }
     let mut outcomes = vec![AppendOutcome::Duplicate; events.len()];
     let mut rows = Vec::new();
-    let mut tx = pool.begin().await?;
-    for i in order {
+    for i in candidates {
         let (event, effect) = &events[i];
-        outcomes[i] = insert_event(&mut tx, event, effect, source).await?;
-        if let (AppendOutcome::Stored { .. }, Effect::Snapshot(snapshot)) = (&outcomes[i], effect) {
-            rows.push(Projected::new(event, snapshot.clone()));
-        }
+        let Some(&seq) = stored.get(event.id.as_str()) else {
+            continue;
+        };
+        let projection_error = match effect {
+            Effect::Snapshot(snapshot) => {
+                rows.push(Projected::new(event, snapshot.clone()));
+                None
+            }
+            Effect::Error(reason) => Some(reason.clone()),
+            Effect::None => None,
+        };
+        outcomes[i] = AppendOutcome::Stored { seq, projection_error };
     }
-    rows.sort_by(|a, b| a.key().cmp(&b.key()));
-    for row in &rows {
-        upsert(&mut tx, "customers", row).await?;
-    }
+    upsert_many(&mut tx, "customers", &crate::projection::newest_per_customer(rows)).await?;
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// Inserts events with one statement; returns the ids that were new, with their `seq`.
+async fn insert_events<'e>(
+    tx: &mut Transaction<'_, Db>,
+    events: impl Iterator<Item = &'e (CustomerEvent, Effect)>,
+    source: Source,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let mut query = sqlx::QueryBuilder::<Db>::new(INSERT_EVENTS_HEAD);
+    query.push_values(events, |mut row, (event, effect)| {
+        let snapshot = match effect {
+            Effect::Snapshot(snapshot) => Some(snapshot),
+            Effect::None | Effect::Error(_) => None,
+        };
+        let projection_error = match effect {
+            Effect::Error(reason) => Some(reason.as_str()),
+            Effect::Snapshot(_) | Effect::None => None,
+        };
+        row.push_bind(event.id.as_str())
+            .push_bind(event.account.as_str())
+            .push_bind(event.event_type.as_str())
+            .push_bind(event.created)
+            .push_bind(event.livemode)
+            .push_bind(event.object_id.as_deref())
+            .push_bind(source.as_str())
+            .push_bind(event.payload.as_str())
+            .push_bind(snapshot.map(|s| s.customer_id.as_str()))
+            .push_bind(snapshot.and_then(|s| s.email.as_deref()))
+            .push_bind(snapshot.and_then(|s| s.email_key.as_ref().map(|k| k.as_str())))
+            .push_bind(snapshot.and_then(|s| s.name.as_deref()))
+            .push_bind(snapshot.map(|s| s.customer_created))
+            .push_bind(snapshot.map(|s| s.version.encode()))
+            .push_bind(projection_error);
+    });
+    query.push(INSERT_EVENTS_TAIL);
+    let inserted: Vec<(i64, String)> = query.build_query_as().fetch_all(&mut **tx).await?;
+    Ok(inserted.into_iter().map(|(seq, id)| (id, seq)).collect())
+}
+
+/// Writes snapshots into `table` with multi-row statements, each row only where it is
+/// newer. `rows` must hold each customer once (one statement may not touch a row twice)
+/// and be sorted by key, the lock order.
+async fn upsert_many(
+    tx: &mut Transaction<'_, Db>,
+    table: &str,
+    rows: &[Projected],
+) -> Result<(), sqlx::Error> {
+    let head = with_table(UPSERT_CUSTOMERS_HEAD, table);
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut query = sqlx::QueryBuilder::<Db>::new(&head);
+        query.push_values(chunk, |mut values, row| {
+            let snapshot = &row.snapshot;
+            values
+                .push_bind(row.account.as_str())
+                .push_bind(row.livemode)
+                .push_bind(snapshot.customer_id.as_str())
+                .push_bind(snapshot.email.as_deref())
+                .push_bind(snapshot.email_key.as_ref().map(|k| k.as_str()))
+                .push_bind(snapshot.name.as_deref())
+                .push_bind(snapshot.customer_created)
+                .push_bind(snapshot.version.deleted)
+                .push_bind(snapshot.version.encode())
+                .push_bind(snapshot.version.event_id.as_str())
+                .push_bind(snapshot.version.created);
+        });
+        query.push(UPSERT_CUSTOMERS_TAIL);
+        query.build().execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 async fn insert_event(
@@ -301,9 +411,7 @@ pub(in crate::store) async fn write_rows(
     rows: &[Projected],
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    for row in rows {
-        upsert(&mut tx, table, row).await?;
-    }
+    upsert_many(&mut tx, table, rows).await?;
     tx.commit().await
 }
 

@@ -1,0 +1,323 @@
+//! Shared pieces of the benchmarks: the database to run on, the server process, a
+//! minimal keep-alive HTTP/1.1 client (cheap, so the load generator leaves the cores to
+//! the server) and latency statistics.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use stripe_projector::domain::AccountId;
+use stripe_projector::projection;
+use stripe_projector::store::{DatabaseUrl, Source, Store};
+use stripe_projector::stripe::event::{self, CustomerEvent, Delivery};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
+use tokio::net::TcpStream;
+
+pub const SECRET: &str = "whsec_bench";
+pub const BIN: &str = env!("CARGO_BIN_EXE_stripe-projector");
+
+/// `--name value` from the command line (after cargo's own `--bench` flag).
+pub fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+pub fn arg_usize(name: &str, default: usize) -> usize {
+    arg(name)
+        .map(|v| v.replace('_', "").parse().expect("a number"))
+        .unwrap_or(default)
+}
+
+/// A database for one run: a fresh SQLite file, or a fresh PostgreSQL database created
+/// on the server of `--postgres ADMIN_URL` and dropped afterwards.
+pub struct BenchDb {
+    pub url: String,
+    pub label: &'static str,
+    postgres: Option<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl BenchDb {
+    pub async fn create() -> Self {
+        match arg("--postgres") {
+            Some(admin) => {
+                let name = format!("sp_bench_{}", std::process::id());
+                admin_execute(&admin, &format!("CREATE DATABASE {name}")).await;
+                let base = admin
+                    .rsplit_once('/')
+                    .map(|(base, _)| base)
+                    .unwrap_or(&admin);
+                let url = format!("{base}/{name}");
+                Self {
+                    url,
+                    label: "postgresql",
+                    postgres: Some((admin, name)),
+                    _dir: None,
+                }
+            }
+            None => {
+                let dir = tempfile::tempdir().expect("temporary folder");
+                let url = format!("sqlite:{}", dir.path().join("bench.db").display());
+                Self {
+                    url,
+                    label: "sqlite",
+                    postgres: None,
+                    _dir: Some(dir),
+                }
+            }
+        }
+    }
+
+    pub async fn store(&self) -> Store {
+        let store = Store::connect(&DatabaseUrl::parse(&self.url).unwrap())
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        store
+    }
+
+    pub async fn drop_database(self) {
+        if let Some((admin, name)) = &self.postgres {
+            admin_execute(
+                admin,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            )
+            .await;
+        }
+    }
+}
+
+async fn admin_execute(admin: &str, sql: &str) {
+    use sqlx::{Connection, Executor};
+    let mut conn = sqlx::PgConnection::connect(admin)
+        .await
+        .expect("PostgreSQL admin connection");
+    conn.execute(sql).await.expect(sql);
+}
+
+/// A realistic `customer.created` / `customer.updated` event: ~1.3 KB, like Stripe's.
+pub fn customer_event(i: usize, accounts: usize, updated: bool) -> String {
+    let created = 1_730_000_000 + i as i64;
+    json!({
+        "id": format!("evt_1Q{i:022}"),
+        "object": "event",
+        "account": format!("acct_1Bench{:014}", i % accounts),
+        "api_version": "2024-06-20",
+        "created": created + i64::from(updated),
+        "data": {
+            "object": {
+                "id": format!("cus_Q{i:013}"), "object": "customer",
+                "address": null, "balance": 0, "created": created, "currency": null,
+                "default_source": null, "delinquent": false, "description": null,
+                "discount": null, "email": format!("Buyer.{i}@Example.com"),
+                "invoice_prefix": format!("B{i:07X}"),
+                "invoice_settings": {"custom_fields": null, "default_payment_method": null,
+                                      "footer": null, "rendering_options": null},
+                "livemode": false, "metadata": {"order": format!("ord_{i}")},
+                "name": format!("Buyer {i}"), "next_invoice_sequence": 1, "phone": null,
+                "preferred_locales": ["en"], "shipping": null, "tax_exempt": "none",
+                "test_clock": null
+            },
+            "previous_attributes": if updated { json!({"name": null}) } else { json!(null) }
+        },
+        "livemode": false,
+        "pending_webhooks": 1,
+        "request": {"id": format!("req_{i:014}"), "idempotency_key": format!("ik-{i}")},
+        "type": if updated { "customer.updated" } else { "customer.created" }
+    })
+    .to_string()
+}
+
+/// Fills the log (and the projection) with `n` customer events through the library,
+/// in batches: the setup of the lookup and replay benchmarks.
+pub async fn fill(store: &Store, n: usize, accounts: usize) {
+    let platform = AccountId::parse("platform").unwrap();
+    let mut batch: Vec<(CustomerEvent, projection::Effect)> = Vec::with_capacity(1_000);
+    for i in 0..n {
+        let body = customer_event(i, accounts, false);
+        let Ok(Delivery::Customer(event)) = event::parse(body.as_bytes(), &platform) else {
+            unreachable!("generated events parse")
+        };
+        let effect = projection::effect_of(&event);
+        batch.push((event, effect));
+        if batch.len() == 1_000 {
+            store
+                .append_many(&batch, Source::Import)
+                .await
+                .expect("fill");
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        store
+            .append_many(&batch, Source::Import)
+            .await
+            .expect("fill");
+    }
+}
+
+/// A release `serve` process.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Server {
+    pub fn start(database_url: &str) -> Self {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .env("DATABASE_URL", database_url)
+            .env("STRIPE_WEBHOOK_SECRET", SECRET)
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .trim_start_matches("listening on http://")
+            .to_owned();
+        Self { child, addr }
+    }
+
+    /// Peak resident memory so far (VmHWM), in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        peak_rss_of(self.child.id())
+    }
+
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn peak_rss_of(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// One keep-alive HTTP/1.1 connection.
+pub struct Connection {
+    reader: AsyncBufReader<TcpStream>,
+    line: String,
+    body: Vec<u8>,
+}
+
+impl Connection {
+    pub async fn open(addr: &str) -> Self {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Self {
+            reader: AsyncBufReader::new(stream),
+            line: String::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// Sends a request and reads the whole answer; returns the status code.
+    pub async fn request(&mut self, head: &str, body: &[u8]) -> u16 {
+        let stream = self.reader.get_mut();
+        stream.write_all(head.as_bytes()).await.expect("write");
+        stream.write_all(body).await.expect("write");
+        self.line.clear();
+        self.reader
+            .read_line(&mut self.line)
+            .await
+            .expect("status line");
+        let status: u16 = self
+            .line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        let mut length = 0usize;
+        loop {
+            self.line.clear();
+            self.reader.read_line(&mut self.line).await.expect("header");
+            let header = self.line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().expect("length");
+                }
+            }
+        }
+        self.body.resize(length, 0);
+        self.reader.read_exact(&mut self.body).await.expect("body");
+        status
+    }
+}
+
+/// Latency percentiles of microsecond samples.
+pub struct Latencies(pub Vec<u32>);
+
+impl Latencies {
+    pub fn percentile_ms(&mut self, p: f64) -> f64 {
+        self.0.sort_unstable();
+        let i = ((self.0.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.0.get(i).copied().unwrap_or_default()) / 1000.0
+    }
+}
+
+/// Runs `requests` through `concurrency` connections; returns (elapsed, latencies, non-2xx).
+pub async fn drive(
+    addr: &str,
+    concurrency: usize,
+    requests: std::sync::Arc<Vec<(String, Vec<u8>)>>,
+) -> (Duration, Latencies, usize) {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (addr, next, requests) = (addr.to_owned(), next.clone(), requests.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut connection = Connection::open(&addr).await;
+            let mut samples = Vec::new();
+            let mut failures = 0usize;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((head, body)) = requests.get(i) else {
+                    break;
+                };
+                let sent = Instant::now();
+                let status = connection.request(head, body).await;
+                samples.push(sent.elapsed().as_micros() as u32);
+                failures += usize::from(!(200..300).contains(&status));
+            }
+            (samples, failures)
+        }));
+    }
+    let mut samples = Vec::new();
+    let mut failures = 0;
+    for task in tasks {
+        let (mut s, f) = task.await.unwrap();
+        samples.append(&mut s);
+        failures += f;
+    }
+    (started.elapsed(), Latencies(samples), failures)
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    // One thread: the load generator should take as little of the machine as it can.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}

@@ -1,0 +1,84 @@
+//! Ingestion: N distinct signed customer events (created and updated, ~5 % redeliveries,
+//! many accounts) at concurrency C against a release `serve`.
+//!
+//! cargo bench --bench ingest -- [--events 200000] [--concurrency 64] [--accounts 500]
+//!                                [--postgres postgres://postgres@127.0.0.1:5432/postgres]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use stripe_projector::secret::Secret;
+use stripe_projector::stripe::signature;
+
+fn main() {
+    let events = arg_usize("--events", 200_000);
+    let concurrency = arg_usize("--concurrency", 64);
+    let accounts = arg_usize("--accounts", 500);
+    let runtime = runtime();
+    runtime.block_on(async {
+        let db = BenchDb::create().await;
+        db.store().await; // migrate before the clock starts
+        let server = Server::start(&db.url);
+        let secret = Secret::new(SECRET);
+        // Prepared and signed up front: the clock measures the server, not the generator.
+        let now = chrono::Utc::now().timestamp();
+        let mut requests = Vec::with_capacity(events + events / 20);
+        for i in 0..events {
+            // Every fourth customer gets an update after its creation.
+            let (n, updated) = if i % 4 == 3 {
+                (i - 1, true)
+            } else {
+                (i, false)
+            };
+            let body = customer_event(n, accounts, updated).into_bytes();
+            let body = if updated { body.replace_id(i) } else { body };
+            requests.push(request(&secret, now, body));
+            if i % 20 == 0 {
+                let again = requests[i].clone(); // a redelivery, signed the same way
+                requests.push(again);
+            }
+        }
+        let total = requests.len();
+        let (elapsed, mut latencies, failures) =
+            drive(&server.addr, concurrency, Arc::new(requests)).await;
+        let rate = total as f64 / elapsed.as_secs_f64();
+        println!(
+            "ingest {}: {total} requests ({events} distinct events) at concurrency {concurrency}: \
+             {rate:.0} events/s, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms, \
+             {failures} non-2xx, server peak RSS {:.0} MiB",
+            db.label,
+            latencies.percentile_ms(0.50),
+            latencies.percentile_ms(0.90),
+            latencies.percentile_ms(0.99),
+            latencies.percentile_ms(1.0),
+            server.peak_rss_mib(),
+        );
+        server.stop();
+        db.drop_database().await;
+    });
+}
+
+fn request(secret: &Secret, now: i64, body: Vec<u8>) -> (String, Vec<u8>) {
+    let header = signature::sign(secret, now, &body);
+    let head = format!(
+        "POST /webhooks/stripe HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n\
+         Stripe-Signature: {header}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    (head, body)
+}
+
+/// An update is a new event of an existing customer: give it an event id of its own.
+trait ReplaceId {
+    fn replace_id(self, i: usize) -> Vec<u8>;
+}
+
+impl ReplaceId for Vec<u8> {
+    fn replace_id(self, i: usize) -> Vec<u8> {
+        let text = String::from_utf8(self).unwrap();
+        let (head, rest) = text.split_once("\"id\":\"evt_1Q").unwrap();
+        format!("{head}\"id\":\"evt_1U{i:022}{}", &rest[22..]).into_bytes()
+    }
+}
