@@ -9,15 +9,14 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-
 use crate::domain::{AccountId, EventId};
 use crate::projection::{self, Effect, Projected, Version};
 use crate::store::{Difference, LogRecord, RebuildKind, Store, StoreError};
 use crate::stripe::event::{self, CustomerEvent};
 
-/// Rows written per transaction while rebuilding.
-const BATCH: usize = 1_000;
+/// Events read (and rows written, in one transaction) per step of a rebuild: bounds its
+/// memory whatever the log's size.
+const PAGE: i64 = 5_000;
 
 /// Progress reporting, so the command line can draw a bar on a terminal.
 pub trait Progress: Sync {
@@ -56,20 +55,17 @@ pub async fn rebuild(
     let total = store.count_events_upto(rebuild.horizon).await?;
     progress.start(u64::try_from(total).unwrap_or_default());
     let mut events = 0u64;
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut log = store.log_range(0, rebuild.horizon);
-    while let Some(record) = log.next().await {
-        events += 1;
-        if let Some(row) = project(&record?) {
-            batch.push(row);
-        }
-        if batch.len() == BATCH {
-            flush(store, &rebuild, &mut batch).await?;
-            progress.advance(events);
-        }
+    let mut batch = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.log_page(after, rebuild.horizon, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        events += page.len() as u64;
+        batch.extend(page.iter().filter_map(project));
+        flush(store, &rebuild, &mut batch).await?;
+        progress.advance(events);
     }
-    drop(log);
-    flush(store, &rebuild, &mut batch).await?;
     progress.advance(events);
     let differences = store.finish_rebuild(rebuild, &project).await?;
     progress.finish();

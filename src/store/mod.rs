@@ -8,7 +8,6 @@ mod sqlite;
 
 use std::time::Instant;
 
-use futures_util::stream::{BoxStream, StreamExt};
 use serde::Serialize;
 
 use crate::domain::{AccountId, EmailKey};
@@ -382,13 +381,17 @@ impl Store {
         })
     }
 
-    /// The log from `after` (exclusive) to `upto` (inclusive), streamed in order.
-    pub fn log_range(&self, after: i64, upto: i64) -> BoxStream<'_, Result<LogRecord, StoreError>> {
-        let stream = match self {
-            Self::Sqlite(s) => sqlite::queries::log_range(&s.reader, after, upto),
-            Self::Postgres(s) => postgres::queries::log_range(&s.pool, after, upto),
-        };
-        stream.map(|row| row.map_err(StoreError::from)).boxed()
+    /// At most `limit` events of the log after `after` and up to `upto`, in order.
+    pub async fn log_page(
+        &self,
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<LogRecord>, StoreError> {
+        Ok(match self {
+            Self::Sqlite(s) => sqlite::queries::log_page(&s.reader, after, upto, limit).await?,
+            Self::Postgres(s) => postgres::queries::log_page(&s.pool, after, upto, limit).await?,
+        })
     }
 
     /// Writes projected rows into the rebuild's table (newest snapshot wins, as live).

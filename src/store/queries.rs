@@ -3,7 +3,6 @@
 // dialect differences (types, collations, locking) live in the migrations and in
 // sqlite.rs / postgres.rs, not here.
 
-use futures_util::stream::BoxStream;
 use sqlx::{Pool, Transaction};
 
 use crate::projection::{Effect, Projected};
@@ -384,13 +383,27 @@ pub(in crate::store) async fn count_events_upto(
         .await
 }
 
-/// Streams the log in sequence order: memory stays flat whatever the log's size.
-pub(in crate::store) fn log_range(
+const LOG_PAGE: &str = "
+    SELECT seq, event_id, account, type AS event_type, created, livemode, payload
+    FROM events
+    WHERE seq > $1 AND seq <= $2
+    ORDER BY seq
+    LIMIT $3";
+
+/// One page of the log in sequence order: a rebuild reads the log page by page, so
+/// memory stays flat whatever the log's size, with one round trip per page.
+pub(in crate::store) async fn log_page(
     pool: &Pool<Db>,
     after: i64,
     upto: i64,
-) -> BoxStream<'_, Result<LogRecord, sqlx::Error>> {
-    sqlx::query_as(LOG_RANGE).bind(after).bind(upto).fetch(pool)
+    limit: i64,
+) -> Result<Vec<LogRecord>, sqlx::Error> {
+    sqlx::query_as(LOG_PAGE)
+        .bind(after)
+        .bind(upto)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
 }
 
 /// The part of the log a rebuild has not read yet (read while appends are blocked).
