@@ -1,0 +1,1 @@
+//! Faults: crashes at any point and store outages lose nothing acknowledged.
