@@ -141,6 +141,12 @@ struct ServeArgs {
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     shutdown_timeout_secs: u64,
 
+    /// Seconds a client may take to send a request head, then its body (408 and a
+    /// closed connection after that).
+    #[arg(long, env = "CLIENT_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    client_timeout_secs: u64,
+
     /// HTTP worker threads.
     #[arg(long, env = "HTTP_WORKERS", default_value_t = 2,
           value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -322,6 +328,7 @@ async fn serve(database_url: &str, args: ServeArgs) -> Result<ExitCode, Failure>
     let options = ServerOptions {
         workers: usize::from(args.workers),
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
+        client_timeout: Duration::from_secs(args.client_timeout_secs),
     };
     let server = http::server(
         AppState {

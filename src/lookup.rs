@@ -27,6 +27,11 @@ impl LookupRequest {
         let account = account.ok_or_else(|| invalid("account is required"))?;
         let account = AccountId::parse(account).map_err(|e| InvalidLookup(e.to_string()))?;
         let email = email.ok_or_else(|| invalid("email is required"))?;
+        // No projected email holds NUL (PostgreSQL text cannot), so none can match; asking
+        // the database anyway would fail the query there.
+        if email.contains('\0') {
+            return Err(invalid("email contains NUL"));
+        }
         let email = EmailKey::normalize(email).ok_or_else(|| invalid("email is blank"))?;
         let livemode = match livemode {
             None => None,
@@ -61,6 +66,7 @@ mod tests {
             (Some(""), Some("a@b.c"), None),
             (Some("acct_1"), None, None),
             (Some("acct_1"), Some("  "), None),
+            (Some("acct_1"), Some("a@b.c\0"), None),
             (Some("acct_1"), Some("a@b.c"), Some("TRUE")),
             (Some("acct_1"), Some("a@b.c"), Some("1")),
         ];

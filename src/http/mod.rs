@@ -1,5 +1,6 @@
 //! The HTTP surface: routes, shared state, and the one place errors become statuses.
 
+mod body_deadline;
 mod customers;
 mod ensure;
 mod error;
@@ -41,6 +42,9 @@ pub struct ServerOptions {
     pub workers: usize,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     pub shutdown_timeout: Duration,
+    /// How long a client may take to send a request head, and then its body; a client
+    /// that stalls longer gets 408 and a closed connection.
+    pub client_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -48,6 +52,7 @@ impl Default for ServerOptions {
         Self {
             workers: 2,
             shutdown_timeout: Duration::from_secs(30),
+            client_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -72,14 +77,20 @@ pub fn server(
     // Before the first request, so build info and the zeroed series are there at once.
     crate::metrics::install();
     let state = web::Data::new(state);
+    let client_timeout = options.client_timeout;
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(from_fn(move |request, next| {
+                body_deadline::middleware(client_timeout, request, next)
+            }))
             .wrap(from_fn(request_id::middleware))
             .app_data(state.clone())
             .configure(routes)
     })
     .workers(options.workers)
     .shutdown_timeout(options.shutdown_timeout.as_secs())
+    .client_request_timeout(options.client_timeout)
+    .client_disconnect_timeout(options.client_timeout)
     .disable_signals()
     .listen(listener)?
     .run();

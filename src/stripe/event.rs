@@ -50,6 +50,8 @@ pub enum PayloadError {
     MissingObject,
     #[error("`account` is present but not a string")]
     AccountNotString,
+    #[error("`{0}` contains a control character")]
+    ControlCharacter(&'static str),
     #[error(transparent)]
     Invalid(#[from] InvalidValue),
 }
@@ -69,6 +71,11 @@ pub fn parse(body: &[u8], platform: &AccountId) -> Result<Delivery, PayloadError
         });
     }
     let id = EventId::parse(id)?;
+    // Stored in a text column: PostgreSQL refuses NUL, and no Stripe type holds a control
+    // character. Refused here, it is a 400 rather than a 503 retried for three days.
+    if event_type.chars().any(char::is_control) {
+        return Err(PayloadError::ControlCharacter("type"));
+    }
     let event_type = event_type.to_owned();
     let created = envelope
         .get("created")
@@ -91,6 +98,12 @@ pub fn parse(body: &[u8], platform: &AccountId) -> Result<Delivery, PayloadError
         _ => return Err(PayloadError::MissingObject),
     };
     let object_id = object.get("id").and_then(Value::as_str).map(str::to_owned);
+    if object_id
+        .as_deref()
+        .is_some_and(|id| id.chars().any(char::is_control))
+    {
+        return Err(PayloadError::ControlCharacter("data.object.id"));
+    }
     // from_slice accepted the bytes, so they are UTF-8; the lossy form is never taken.
     let payload = String::from_utf8_lossy(body).into_owned();
     Ok(Delivery::Customer(CustomerEvent {
@@ -229,5 +242,22 @@ mod tests {
             parse(b"{not json", &platform()),
             Err(PayloadError::NotJson(_))
         ));
+    }
+
+    #[test]
+    fn control_characters_in_stored_text_are_invalid_payloads() {
+        let mut bad_type = customer_event();
+        bad_type["type"] = json!("customer.\u{0}created");
+        assert_eq!(
+            parse_value(bad_type).unwrap_err(),
+            PayloadError::ControlCharacter("type")
+        );
+        let mut bad_object_id = customer_event();
+        bad_object_id["type"] = json!("customer.subscription.created");
+        bad_object_id["data"]["object"]["id"] = json!("sub_\u{0}");
+        assert_eq!(
+            parse_value(bad_object_id).unwrap_err(),
+            PayloadError::ControlCharacter("data.object.id")
+        );
     }
 }

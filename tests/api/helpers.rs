@@ -3,6 +3,7 @@
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -216,6 +217,8 @@ pub struct AppConfig {
     pub read_token: Option<String>,
     /// How `ensure` reaches Stripe (a fake, in tests); `None`: ensure is disabled.
     pub stripe_api: Option<StripeApiConfig>,
+    /// How long a client may take to send a request head, then its body.
+    pub client_timeout: Duration,
 }
 
 impl Default for AppConfig {
@@ -226,6 +229,7 @@ impl Default for AppConfig {
             max_body_bytes: 1_048_576,
             read_token: None,
             stripe_api: None,
+            client_timeout: ServerOptions::default().client_timeout,
         }
     }
 }
@@ -266,6 +270,7 @@ impl TestApp {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let options = ServerOptions {
             workers: 2,
+            client_timeout: config.client_timeout,
             ..ServerOptions::default()
         };
         let server = http::server(state, listener, options).expect("server");

@@ -552,7 +552,11 @@ async fn sigterm_lets_in_flight_deliveries_finish_and_commit(backend: Backend) {
     const FAST: usize = 120;
     let db = TestDb::create(backend).await;
     let mut command = serve_command(&db.url);
-    command.env("SHUTDOWN_TIMEOUT_SECS", SHUTDOWN_TIMEOUT_SECS.to_string());
+    command
+        .env("SHUTDOWN_TIMEOUT_SECS", SHUTDOWN_TIMEOUT_SECS.to_string())
+        // The slow deliveries wait for the fast ones: on a busy machine that may take
+        // longer than the default client timeout, which would cut them off with a 408.
+        .env("CLIENT_TIMEOUT_SECS", "120");
     let mut served = Served::spawn(command);
     let body = |prefix: &str, i: usize| {
         created(

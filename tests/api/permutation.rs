@@ -25,8 +25,8 @@ use crate::helpers::{self, Backend, EventSpec, TestDb};
 const DEFAULT_CASES: u32 = 48;
 
 /// Event accounts; `None` is a platform event (no `account`), tagged with the platform id.
-const ACCOUNTS: [Option<&str>; 3] = [Some("acct_A"), Some("acct_B"), None];
-const PLATFORM: &str = "platform";
+pub(crate) const ACCOUNTS: [Option<&str>; 3] = [Some("acct_A"), Some("acct_B"), None];
+pub(crate) const PLATFORM: &str = "platform";
 const CUSTOMERS: [&str; 6] = ["cus_1", "cus_2", "cus_3", "cus_4", "cus_5", "cus_6"];
 /// Spellings that collide after trimming and lowercasing, plus two with no key at all.
 const EMAILS: [Option<&str>; 6] = [
@@ -38,7 +38,7 @@ const EMAILS: [Option<&str>; 6] = [
     None,
 ];
 /// Every key the pool above can produce: the lookups checked for each account and mode.
-const EMAIL_KEYS: [&str; 2] = ["ada@x.io", "bob@x.io"];
+pub(crate) const EMAIL_KEYS: [&str; 2] = ["ada@x.io", "bob@x.io"];
 /// `Version::encode` is `<deleted: 1 byte><created: 20 digits><rank: 1 byte><event id>`.
 const VERSION_EVENT_ID_AT: usize = 22;
 
@@ -86,7 +86,7 @@ impl HistoryEvent {
     }
 
     /// The event as Stripe would send it, its account and id under `prefix`.
-    fn to_json(&self, index: usize, prefix: &str) -> Value {
+    pub(crate) fn to_json(&self, index: usize, prefix: &str) -> Value {
         let id = format!("{prefix}evt_{index:04}");
         let account = ACCOUNTS[self.account].map(|account| format!("{prefix}{account}"));
         let customer_id = CUSTOMERS[self.customer];

@@ -26,6 +26,7 @@ pub fn command(database_url: &str) -> Command {
         "RUST_LOG",
         "SHUTDOWN_TIMEOUT_SECS",
         "HTTP_WORKERS",
+        "CLIENT_TIMEOUT_SECS",
     ] {
         command.env_remove(name);
     }
