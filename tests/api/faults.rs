@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::json;
 use stripe_projector::domain::AccountId;
@@ -137,13 +136,12 @@ async fn load_then_kill(served: &mut Served, round: usize, kill_after: usize) ->
 /// The whole log, read back through the store.
 async fn logged_events(store: &Store) -> Vec<(String, String)> {
     store
-        .log_range(0, i64::MAX)
-        .map(|record| {
-            let record = record.expect("read the log");
-            (record.event_id, record.payload)
-        })
-        .collect()
+        .log_page(0, i64::MAX, i64::MAX)
         .await
+        .expect("read the log")
+        .into_iter()
+        .map(|record| (record.event_id, record.payload))
+        .collect()
 }
 
 /// Nothing half-stored: the customer table is exactly the pure projection of the events
