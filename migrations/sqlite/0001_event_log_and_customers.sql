@@ -20,7 +20,6 @@ CREATE TABLE events (
     projection_error TEXT
 );
 
-CREATE INDEX events_by_customer ON events (account, livemode, customer_id, version);
 
 -- The read model: each customer's winning snapshot, deleted ones kept as tombstones so
 -- that no late update can bring them back.

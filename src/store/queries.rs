@@ -92,16 +92,17 @@ const DIFFERENCES: &str = "
     ORDER BY 1, 2, 3";
 
 /// A snapshot may go when a newer snapshot of the same customer is in the log: it no
-/// longer decides its row, and a rebuild without it gives the same table.
+/// longer decides its row, and a rebuild without it gives the same table. The customer
+/// table holds the newest version of each customer (it commits with the log), so it
+/// answers "is there a newer one" through its primary key.
 const PRUNE_SUPERSEDED: &str = "
     DELETE FROM events
     WHERE created < $1
       AND version IS NOT NULL
-      AND EXISTS (SELECT 1 FROM events newer
-                  WHERE newer.account = events.account
-                    AND newer.livemode = events.livemode
-                    AND newer.customer_id = events.customer_id
-                    AND newer.version > events.version)";
+      AND version < (SELECT c.version FROM customers c
+                     WHERE c.account = events.account
+                       AND c.livemode = events.livemode
+                       AND c.customer_id = events.customer_id)";
 
 fn with_table(sql: &str, table: &str) -> String {
     sql.replace("{table}", table).replace("{aside}", table)
@@ -153,6 +154,21 @@ const UPSERT_CUSTOMERS_TAIL: &str = "
         last_event_created = excluded.last_event_created
     WHERE excluded.version > c.version";
 
+/// Splits rows into chunks whose sizes are powers of two (at most `ROWS_PER_STATEMENT`),
+/// so that a handful of statement shapes serve every batch size and stay prepared in the
+/// connection's statement cache instead of being parsed again for each batch.
+fn statement_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if rows.is_empty() {
+            return None;
+        }
+        let size = ROWS_PER_STATEMENT.min(1 << rows.len().ilog2());
+        let (chunk, rest) = rows.split_at(size);
+        rows = rest;
+        Some(chunk)
+    })
+}
+
 /// Appends many events in one transaction, each idempotent on its id (a repeat within the
 /// batch is a duplicate too), with multi-row statements. Locks are taken in one fixed
 /// order, event ids sorted, then customer rows sorted, so concurrent batches and single
@@ -168,7 +184,7 @@ pub(in crate::store) async fn append_many(
     candidates.dedup_by(|later, earlier| events[*later].0.id == events[*earlier].0.id);
     let mut tx = pool.begin().await?;
     let mut stored = std::collections::HashMap::with_capacity(candidates.len());
-    for chunk in candidates.chunks(ROWS_PER_STATEMENT) {
+    for chunk in statement_chunks(&candidates) {
         let chunk = chunk.iter().map(|&i| &events[i]);
         stored.extend(insert_events(&mut tx, chunk, source).await?);
     }
@@ -240,7 +256,7 @@ async fn upsert_many(
     rows: &[Projected],
 ) -> Result<(), sqlx::Error> {
     let head = with_table(UPSERT_CUSTOMERS_HEAD, table);
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+    for chunk in statement_chunks(rows) {
         let mut query = sqlx::QueryBuilder::<Db>::new(&head);
         query.push_values(chunk, |mut values, row| {
             let snapshot = &row.snapshot;
