@@ -36,7 +36,8 @@ pub(super) fn options(url: &str) -> Result<SqliteConnectOptions, sqlx::Error> {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(BUSY_TIMEOUT))
+        .busy_timeout(BUSY_TIMEOUT)
+        .page_size(16_384))
 }
 
 impl SqliteStore {
