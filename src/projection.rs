@@ -11,6 +11,12 @@ use serde_json::{Map, Value};
 use crate::domain::{AccountId, CustomerId, EmailKey, EventId};
 use crate::stripe::event::CustomerEvent;
 
+/// The version of [`effect_of`]: stored with every event, next to what it extracted.
+/// Bump it whenever `effect_of` could give another answer for the same event; `replay`
+/// then re-reads the payloads of events extracted by an older version and trusts the
+/// stored columns of the others.
+pub const PROJECTION_VERSION: i64 = 1;
+
 /// What one `customer.*` event does to the customer table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {

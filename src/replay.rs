@@ -10,7 +10,8 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::domain::{AccountId, EventId};
-use crate::projection::{self, Effect, Projected, Version};
+use crate::domain::{CustomerId, EmailKey};
+use crate::projection::{self, Effect, Projected, Snapshot, Version, PROJECTION_VERSION};
 use crate::store::{Difference, LogRecord, RebuildKind, Store, StoreError};
 use crate::stripe::event::{self, CustomerEvent};
 
@@ -58,7 +59,9 @@ pub async fn rebuild(
     let mut batch = Vec::new();
     let mut after = 0;
     loop {
-        let page = store.log_page(after, rebuild.horizon, PAGE).await?;
+        let page = store
+            .log_page(after, rebuild.horizon, PAGE, PROJECTION_VERSION)
+            .await?;
         let Some(last) = page.last() else { break };
         after = last.seq;
         events += page.len() as u64;
@@ -89,9 +92,11 @@ async fn flush(
     store.write_rebuild(rebuild, &rows).await
 }
 
-/// What one logged event contributes, computed by today's projection code from the
-/// stored payload. Events that cannot be projected contribute nothing (they were
-/// recorded as projection errors when they arrived).
+/// What one logged event contributes to the customer table. When the event was
+/// extracted by today's projection code, its stored columns say it; otherwise today's
+/// code runs again on the stored payload (so a fixed projection bug is fixed for old
+/// events too). Events that cannot be projected contribute nothing (they were recorded as
+/// projection errors when they arrived).
 pub fn project(record: &LogRecord) -> Option<Projected> {
     if !matches!(
         record.event_type.as_str(),
@@ -99,20 +104,41 @@ pub fn project(record: &LogRecord) -> Option<Projected> {
     ) {
         return None;
     }
+    let account = AccountId::parse(&record.account).ok()?;
+    if record.projection_version >= PROJECTION_VERSION {
+        return from_columns(record, account);
+    }
     let event = CustomerEvent {
         id: EventId::parse(&record.event_id).ok()?,
         event_type: record.event_type.clone(),
-        account: AccountId::parse(&record.account).ok()?,
+        account,
         created: record.created,
         livemode: record.livemode,
         object_id: None,
-        object: event::data_object(record.payload.as_bytes()).ok()?,
+        object: event::data_object(record.payload.as_deref()?.as_bytes()).ok()?,
         payload: String::new(),
     };
     match projection::effect_of(&event) {
         Effect::Snapshot(snapshot) => Some(Projected::new(&event, snapshot)),
         Effect::None | Effect::Error(_) => None,
     }
+}
+
+/// The snapshot as the current projection stored it at append time.
+fn from_columns(record: &LogRecord, account: AccountId) -> Option<Projected> {
+    let snapshot = Snapshot {
+        customer_id: CustomerId::parse(record.customer_id.as_deref()?).ok()?,
+        email: record.email.clone(),
+        email_key: record.email_key.as_deref().and_then(EmailKey::normalize),
+        name: record.name.clone(),
+        customer_created: record.customer_created?,
+        version: Version::decode(record.version.as_deref()?)?,
+    };
+    Some(Projected {
+        account,
+        livemode: record.livemode,
+        snapshot,
+    })
 }
 
 impl fmt::Display for Difference {

@@ -20,7 +20,10 @@ CREATE TABLE events (
     name             TEXT,
     customer_created BIGINT,
     version          TEXT COLLATE "C",
-    projection_error TEXT
+    projection_error TEXT,
+    -- Which projection code extracted the columns above (projection::PROJECTION_VERSION);
+    -- a rebuild re-reads the payload of rows written by an older one.
+    projection_version BIGINT NOT NULL
 );
 
 

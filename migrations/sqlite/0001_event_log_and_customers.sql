@@ -17,7 +17,10 @@ CREATE TABLE events (
     name             TEXT,
     customer_created INTEGER,
     version          TEXT,
-    projection_error TEXT
+    projection_error TEXT,
+    -- Which projection code extracted the columns above (projection::PROJECTION_VERSION);
+    -- a rebuild re-reads the payload of rows written by an older one.
+    projection_version INTEGER NOT NULL
 );
 
 

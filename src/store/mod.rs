@@ -149,7 +149,8 @@ pub struct LoggedEvent {
     pub projection_error: Option<String>,
 }
 
-/// A row of the log as a rebuild reads it: the envelope columns and the payload.
+/// A row of the log as a rebuild reads it: the envelope, what the projection extracted
+/// when the event was appended, and the payload when that extraction must be redone.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct LogRecord {
     pub seq: i64,
@@ -158,7 +159,16 @@ pub struct LogRecord {
     pub event_type: String,
     pub created: i64,
     pub livemode: bool,
-    pub payload: String,
+    /// The `PROJECTION_VERSION` that extracted the columns below.
+    pub projection_version: i64,
+    pub customer_id: Option<String>,
+    pub email: Option<String>,
+    pub email_key: Option<String>,
+    pub name: Option<String>,
+    pub customer_created: Option<i64>,
+    pub version: Option<String>,
+    /// Present when `projection_version` is older than the caller asked for.
+    pub payload: Option<String>,
 }
 
 /// A customer row on which a rebuild and the live table disagree. `expected_*` are the
@@ -381,16 +391,22 @@ impl Store {
         })
     }
 
-    /// At most `limit` events of the log after `after` and up to `upto`, in order.
+    /// At most `limit` events of the log after `after` and up to `upto`, in order, with
+    /// their payload when their projection version is below `reparse_below`.
     pub async fn log_page(
         &self,
         after: i64,
         upto: i64,
         limit: i64,
+        reparse_below: i64,
     ) -> Result<Vec<LogRecord>, StoreError> {
         Ok(match self {
-            Self::Sqlite(s) => sqlite::queries::log_page(&s.reader, after, upto, limit).await?,
-            Self::Postgres(s) => postgres::queries::log_page(&s.pool, after, upto, limit).await?,
+            Self::Sqlite(s) => {
+                sqlite::queries::log_page(&s.reader, after, upto, limit, reparse_below).await?
+            }
+            Self::Postgres(s) => {
+                postgres::queries::log_page(&s.pool, after, upto, limit, reparse_below).await?
+            }
         })
     }
 

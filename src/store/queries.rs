@@ -5,7 +5,7 @@
 
 use sqlx::{Pool, Transaction};
 
-use crate::projection::{Effect, Projected};
+use crate::projection::{Effect, Projected, PROJECTION_VERSION};
 use crate::stripe::event::CustomerEvent;
 
 use crate::store::{
@@ -15,8 +15,8 @@ use crate::store::{
 const INSERT_EVENT: &str = "
     INSERT INTO events (event_id, account, type, created, livemode, object_id, source, payload,
                         customer_id, email, email_key, name, customer_created, version,
-                        projection_error)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                        projection_error, projection_version)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
     ON CONFLICT (event_id) DO NOTHING
     RETURNING seq";
 
@@ -66,11 +66,16 @@ const STATUS: &str = "
            (SELECT COALESCE(MAX(seq), 0) FROM events) AS projection_position,
            (SELECT COUNT(*) FROM events WHERE projection_error IS NOT NULL) AS projection_errors";
 
+/// The log as a rebuild reads it: the columns the projection wrote at append time, and
+/// the payload only where that projection is older than `$3` (it must be run again).
 const LOG_RANGE: &str = "
-    SELECT seq, event_id, account, type AS event_type, created, livemode, payload
+    SELECT seq, event_id, account, type AS event_type, created, livemode, projection_version,
+           customer_id, email, email_key, name, customer_created, version,
+           CASE WHEN projection_version < $3 THEN payload END AS payload
     FROM events
     WHERE seq > $1 AND seq <= $2
-    ORDER BY seq";
+    ORDER BY seq
+    LIMIT $4";
 
 /// Rows that differ between a rebuilt table and the live one, both ways.
 const DIFFERENCES: &str = "
@@ -133,7 +138,7 @@ const ROWS_PER_STATEMENT: usize = 256;
 const INSERT_EVENTS_HEAD: &str = "
     INSERT INTO events (event_id, account, type, created, livemode, object_id, source, payload,
                         customer_id, email, email_key, name, customer_created, version,
-                        projection_error) ";
+                        projection_error, projection_version) ";
 
 const INSERT_EVENTS_TAIL: &str = " ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id";
 
@@ -240,7 +245,8 @@ async fn insert_events<'e>(
             .push_bind(snapshot.and_then(|s| s.name.as_deref()))
             .push_bind(snapshot.map(|s| s.customer_created))
             .push_bind(snapshot.map(|s| s.version.encode()))
-            .push_bind(projection_error);
+            .push_bind(projection_error)
+            .push_bind(PROJECTION_VERSION);
     });
     query.push(INSERT_EVENTS_TAIL);
     let inserted: Vec<(i64, String)> = query.build_query_as().fetch_all(&mut **tx).await?;
@@ -309,6 +315,7 @@ async fn insert_event(
         .bind(snapshot.map(|s| s.customer_created))
         .bind(snapshot.map(|s| s.version.encode()))
         .bind(projection_error)
+        .bind(PROJECTION_VERSION)
         .fetch_optional(&mut **tx)
         .await?;
     Ok(match seq {
@@ -399,13 +406,6 @@ pub(in crate::store) async fn count_events_upto(
         .await
 }
 
-const LOG_PAGE: &str = "
-    SELECT seq, event_id, account, type AS event_type, created, livemode, payload
-    FROM events
-    WHERE seq > $1 AND seq <= $2
-    ORDER BY seq
-    LIMIT $3";
-
 /// One page of the log in sequence order: a rebuild reads the log page by page, so
 /// memory stays flat whatever the log's size, with one round trip per page.
 pub(in crate::store) async fn log_page(
@@ -413,10 +413,12 @@ pub(in crate::store) async fn log_page(
     after: i64,
     upto: i64,
     limit: i64,
+    reparse_below: i64,
 ) -> Result<Vec<LogRecord>, sqlx::Error> {
-    sqlx::query_as(LOG_PAGE)
+    sqlx::query_as(LOG_RANGE)
         .bind(after)
         .bind(upto)
+        .bind(reparse_below)
         .bind(limit)
         .fetch_all(pool)
         .await
@@ -429,6 +431,8 @@ async fn log_after(
 ) -> Result<Vec<LogRecord>, sqlx::Error> {
     sqlx::query_as(LOG_RANGE)
         .bind(after)
+        .bind(i64::MAX)
+        .bind(PROJECTION_VERSION)
         .bind(i64::MAX)
         .fetch_all(&mut **tx)
         .await
