@@ -271,20 +271,16 @@ impl Store {
     /// Appends an event and applies its effect, atomically. Idempotent on the event id,
     /// including under concurrent deliveries of one event.
     ///
-    /// Measured here, the one path every source (webhook, import, API) appends through.
+    /// A batch of one: the same statements as every batch.
     pub async fn append(
         &self,
         event: &CustomerEvent,
         effect: &Effect,
         source: Source,
     ) -> Result<AppendOutcome, StoreError> {
-        let started = Instant::now();
-        let outcome = match self {
-            Self::Sqlite(s) => sqlite::queries::append(&s.writer, event, effect, source).await?,
-            Self::Postgres(s) => postgres::queries::append(&s.pool, event, effect, source).await?,
-        };
-        record_append(event, source, started.elapsed(), &outcome);
-        Ok(outcome)
+        let mut outcomes = self.append_refs(&[(event, effect)], source).await?;
+        // append_many answers every event it is given: one here.
+        outcomes.pop().ok_or(StoreError::BatchFailed)
     }
 
     /// Appends many events in one transaction; outcomes in input order. A batch either
@@ -292,6 +288,16 @@ impl Store {
     pub async fn append_many(
         &self,
         events: &[(CustomerEvent, Effect)],
+        source: Source,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        let events: Vec<(&CustomerEvent, &Effect)> = events.iter().map(|(e, f)| (e, f)).collect();
+        self.append_refs(&events, source).await
+    }
+
+    /// Measured here, the one path every source (webhook, import, API) appends through.
+    async fn append_refs(
+        &self,
+        events: &[(&CustomerEvent, &Effect)],
         source: Source,
     ) -> Result<Vec<AppendOutcome>, StoreError> {
         let started = Instant::now();

@@ -12,32 +12,6 @@ use crate::store::{
     AppendOutcome, Customer, Difference, LogRecord, LoggedEvent, ProjectedCustomer, Source, Status,
 };
 
-const INSERT_EVENT: &str = "
-    INSERT INTO events (event_id, account, type, created, livemode, object_id, source, payload,
-                        customer_id, email, email_key, name, customer_created, version,
-                        projection_error, projection_version)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING seq";
-
-/// Keeps the newest snapshot: the version text sorts like `projection::Version`.
-/// `{table}` is `customers` or a rebuild's aside table.
-const UPSERT_CUSTOMER: &str = "
-    INSERT INTO {table} AS c (account, livemode, customer_id, email, email_key, name,
-                              customer_created, deleted, version, last_event_id,
-                              last_event_created)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-    ON CONFLICT (account, livemode, customer_id) DO UPDATE SET
-        email = excluded.email,
-        email_key = excluded.email_key,
-        name = excluded.name,
-        customer_created = excluded.customer_created,
-        deleted = excluded.deleted,
-        version = excluded.version,
-        last_event_id = excluded.last_event_id,
-        last_event_created = excluded.last_event_created
-    WHERE excluded.version > c.version";
-
 /// Rule 5: the oldest live customer with this email, then the smallest id.
 const CANONICAL_CUSTOMER: &str = "
     SELECT customer_id, account, email, livemode, name, last_event_id, last_event_created
@@ -113,23 +87,6 @@ fn with_table(sql: &str, table: &str) -> String {
     sql.replace("{table}", table).replace("{aside}", table)
 }
 
-/// Appends one event and applies its effect in the same transaction.
-pub(in crate::store) async fn append(
-    pool: &Pool<Db>,
-    event: &CustomerEvent,
-    effect: &Effect,
-    source: Source,
-) -> Result<AppendOutcome, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let outcome = insert_event(&mut tx, event, effect, source).await?;
-    if let (AppendOutcome::Stored { .. }, Effect::Snapshot(snapshot)) = (&outcome, effect) {
-        let row = Projected::new(event, snapshot.clone());
-        upsert(&mut tx, "customers", &row).await?;
-    }
-    tx.commit().await?;
-    Ok(outcome)
-}
-
 /// Rows per multi-row statement: a round trip per statement is what batching saves
 /// (SQLite runs each on its worker thread), and this stays far below both backends'
 /// bind-parameter limits.
@@ -180,7 +137,7 @@ fn statement_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
 /// appends cannot deadlock. Outcomes are in input order.
 pub(in crate::store) async fn append_many(
     pool: &Pool<Db>,
-    events: &[(CustomerEvent, Effect)],
+    events: &[(&CustomerEvent, &Effect)],
     source: Source,
 ) -> Result<Vec<AppendOutcome>, sqlx::Error> {
     // A stable sort keeps the first delivery of a repeated id first: that one may be new.
@@ -208,9 +165,17 @@ pub(in crate::store) async fn append_many(
             Effect::Error(reason) => Some(reason.clone()),
             Effect::None => None,
         };
-        outcomes[i] = AppendOutcome::Stored { seq, projection_error };
+        outcomes[i] = AppendOutcome::Stored {
+            seq,
+            projection_error,
+        };
     }
-    upsert_many(&mut tx, "customers", &crate::projection::newest_per_customer(rows)).await?;
+    upsert_many(
+        &mut tx,
+        "customers",
+        &crate::projection::newest_per_customer(rows),
+    )
+    .await?;
     tx.commit().await?;
     Ok(outcomes)
 }
@@ -218,7 +183,7 @@ pub(in crate::store) async fn append_many(
 /// Inserts events with one statement; returns the ids that were new, with their `seq`.
 async fn insert_events<'e>(
     tx: &mut Transaction<'_, Db>,
-    events: impl Iterator<Item = &'e (CustomerEvent, Effect)>,
+    events: impl Iterator<Item = &'e (&'e CustomerEvent, &'e Effect)>,
     source: Source,
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
     let mut query = sqlx::QueryBuilder::<Db>::new(INSERT_EVENTS_HEAD);
@@ -282,72 +247,6 @@ async fn upsert_many(
         query.push(UPSERT_CUSTOMERS_TAIL);
         query.build().execute(&mut **tx).await?;
     }
-    Ok(())
-}
-
-async fn insert_event(
-    tx: &mut Transaction<'_, Db>,
-    event: &CustomerEvent,
-    effect: &Effect,
-    source: Source,
-) -> Result<AppendOutcome, sqlx::Error> {
-    let snapshot = match effect {
-        Effect::Snapshot(snapshot) => Some(snapshot),
-        Effect::None | Effect::Error(_) => None,
-    };
-    let projection_error = match effect {
-        Effect::Error(reason) => Some(reason.as_str()),
-        Effect::Snapshot(_) | Effect::None => None,
-    };
-    let seq: Option<i64> = sqlx::query_scalar(INSERT_EVENT)
-        .bind(event.id.as_str())
-        .bind(event.account.as_str())
-        .bind(&event.event_type)
-        .bind(event.created)
-        .bind(event.livemode)
-        .bind(event.object_id.as_deref())
-        .bind(source.as_str())
-        .bind(&event.payload)
-        .bind(snapshot.map(|s| s.customer_id.as_str()))
-        .bind(snapshot.and_then(|s| s.email.as_deref()))
-        .bind(snapshot.and_then(|s| s.email_key.as_ref().map(|k| k.as_str())))
-        .bind(snapshot.and_then(|s| s.name.as_deref()))
-        .bind(snapshot.map(|s| s.customer_created))
-        .bind(snapshot.map(|s| s.version.encode()))
-        .bind(projection_error)
-        .bind(PROJECTION_VERSION)
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(match seq {
-        Some(seq) => AppendOutcome::Stored {
-            seq,
-            projection_error: projection_error.map(str::to_owned),
-        },
-        None => AppendOutcome::Duplicate,
-    })
-}
-
-/// Writes a customer's snapshot into `table` unless the table already holds a newer one.
-pub(in crate::store) async fn upsert(
-    tx: &mut Transaction<'_, Db>,
-    table: &str,
-    row: &Projected,
-) -> Result<(), sqlx::Error> {
-    let snapshot = &row.snapshot;
-    sqlx::query(&with_table(UPSERT_CUSTOMER, table))
-        .bind(row.account.as_str())
-        .bind(row.livemode)
-        .bind(snapshot.customer_id.as_str())
-        .bind(snapshot.email.as_deref())
-        .bind(snapshot.email_key.as_ref().map(|k| k.as_str()))
-        .bind(snapshot.name.as_deref())
-        .bind(snapshot.customer_created)
-        .bind(snapshot.version.deleted)
-        .bind(snapshot.version.encode())
-        .bind(snapshot.version.event_id.as_str())
-        .bind(snapshot.version.created)
-        .execute(&mut **tx)
-        .await?;
     Ok(())
 }
 
@@ -516,11 +415,9 @@ pub(in crate::store) async fn finish_rebuild(
 ) -> Result<Vec<Difference>, sqlx::Error> {
     super::index_aside(writer, aside, token).await?;
     let mut tx = super::begin_locked(writer).await?;
-    for record in log_after(&mut tx, horizon).await? {
-        if let Some(row) = project(&record) {
-            upsert(&mut tx, aside, &row).await?;
-        }
-    }
+    let arrived = log_after(&mut tx, horizon).await?;
+    let rows = crate::projection::newest_per_customer(arrived.iter().filter_map(project).collect());
+    upsert_many(&mut tx, aside, &rows).await?;
     if swap {
         swap_in(&mut tx, aside).await?;
         tx.commit().await?;
