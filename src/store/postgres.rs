@@ -50,26 +50,22 @@ impl PgStore {
     }
 }
 
-/// The customer table's shape (as in the migrations), for a rebuild's aside table. The
-/// primary key is named per rebuild: constraint names outlive a table rename.
+/// A rebuild's aside table, shaped like the live customer table (columns, collations,
+/// NOT NULL), with a primary key named per rebuild: constraint names outlive a rename.
 async fn create_aside(pool: &PgPool, aside: &str, token: &str) -> Result<(), sqlx::Error> {
-    let ddl = format!(
-        r#"CREATE TABLE {aside} (
-            account            TEXT COLLATE "C" NOT NULL,
-            livemode           BOOLEAN NOT NULL,
-            customer_id        TEXT COLLATE "C" NOT NULL,
-            email              TEXT,
-            email_key          TEXT COLLATE "C",
-            name               TEXT,
-            customer_created   BIGINT NOT NULL,
-            deleted            BOOLEAN NOT NULL,
-            version            TEXT COLLATE "C" NOT NULL,
-            last_event_id      TEXT COLLATE "C" NOT NULL,
-            last_event_created BIGINT NOT NULL,
-            CONSTRAINT customers_pkey_{token} PRIMARY KEY (account, livemode, customer_id)
-        )"#
-    );
-    sqlx::query(&ddl).execute(pool).await.map(drop)
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!(
+        "CREATE TABLE {aside} (LIKE customers INCLUDING DEFAULTS)"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(&format!(
+        "ALTER TABLE {aside} ADD CONSTRAINT customers_pkey_{token}
+            PRIMARY KEY (account, livemode, customer_id)"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
 }
 
 /// Checkout's index on the aside table, named per rebuild like its primary key.
