@@ -55,19 +55,23 @@ pub async fn rebuild(
     let rebuild = store.start_rebuild(kind).await?;
     let total = store.count_events_upto(rebuild.horizon).await?;
     progress.start(u64::try_from(total).unwrap_or_default());
-    let mut events = 0u64;
+    let events = u64::try_from(total).unwrap_or_default();
+    // Events the current projection extracted: their stored columns, in one statement.
+    store
+        .rebuild_from_columns(&rebuild, PROJECTION_VERSION)
+        .await?;
+    // Events an older projection extracted: today's code runs again on their payloads,
+    // page by page; the upsert keeps each customer's newest snapshot across both.
     let mut batch = Vec::new();
     let mut after = 0;
     loop {
         let page = store
-            .log_page(after, rebuild.horizon, PAGE, PROJECTION_VERSION)
+            .log_page(after, rebuild.horizon, PAGE, PROJECTION_VERSION, true)
             .await?;
         let Some(last) = page.last() else { break };
         after = last.seq;
-        events += page.len() as u64;
         batch.extend(page.iter().filter_map(project));
         flush(store, &rebuild, &mut batch).await?;
-        progress.advance(events);
     }
     progress.advance(events);
     let differences = store.finish_rebuild(rebuild, &project).await?;

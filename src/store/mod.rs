@@ -398,20 +398,43 @@ impl Store {
     }
 
     /// At most `limit` events of the log after `after` and up to `upto`, in order, with
-    /// their payload when their projection version is below `reparse_below`.
+    /// their payload when their projection version is below `reparse_below`; with
+    /// `only_stale`, only those events.
     pub async fn log_page(
         &self,
         after: i64,
         upto: i64,
         limit: i64,
         reparse_below: i64,
+        only_stale: bool,
     ) -> Result<Vec<LogRecord>, StoreError> {
+        let stale = only_stale;
         Ok(match self {
             Self::Sqlite(s) => {
-                sqlite::queries::log_page(&s.reader, after, upto, limit, reparse_below).await?
+                sqlite::queries::log_page(&s.reader, after, upto, limit, reparse_below, stale)
+                    .await?
             }
             Self::Postgres(s) => {
-                postgres::queries::log_page(&s.pool, after, upto, limit, reparse_below).await?
+                postgres::queries::log_page(&s.pool, after, upto, limit, reparse_below, stale)
+                    .await?
+            }
+        })
+    }
+
+    /// Fills the rebuild's table from the columns the current projection stored with each
+    /// event (version `current`), in one statement; returns how many rows it wrote.
+    pub async fn rebuild_from_columns(
+        &self,
+        rebuild: &Rebuild,
+        current: i64,
+    ) -> Result<u64, StoreError> {
+        let (table, upto) = (rebuild.table(), rebuild.horizon);
+        Ok(match self {
+            Self::Sqlite(s) => {
+                sqlite::queries::rebuild_from_columns(&s.writer, table, upto, current).await?
+            }
+            Self::Postgres(s) => {
+                postgres::queries::rebuild_from_columns(&s.pool, table, upto, current).await?
             }
         })
     }

@@ -51,6 +51,32 @@ const LOG_RANGE: &str = "
     ORDER BY seq
     LIMIT $4";
 
+/// Only the events whose projection is older than `$3`: what must be parsed again.
+const STALE_LOG_RANGE: &str = "
+    SELECT seq, event_id, account, type AS event_type, created, livemode, projection_version,
+           customer_id, email, email_key, name, customer_created, version, payload
+    FROM events
+    WHERE seq > $1 AND seq <= $2 AND projection_version < $3
+    ORDER BY seq
+    LIMIT $4";
+
+/// Every customer's newest snapshot among the events up to `$1` that the current
+/// projection (`$2`) extracted, in one statement, in key order (so the primary key is
+/// filled by appending).
+const REBUILD_FROM_COLUMNS: &str = "
+    INSERT INTO {aside} (account, livemode, customer_id, email, email_key, name,
+                         customer_created, deleted, version, last_event_id, last_event_created)
+    SELECT account, livemode, customer_id, email, email_key, name, customer_created,
+           substr(version, 1, 1) = '1', version, event_id, created
+    FROM (SELECT account, livemode, customer_id, email, email_key, name, customer_created,
+                 version, event_id, created,
+                 ROW_NUMBER() OVER (PARTITION BY account, livemode, customer_id
+                                    ORDER BY version DESC) AS newest
+          FROM events
+          WHERE seq <= $1 AND projection_version >= $2 AND version IS NOT NULL) AS snapshots
+    WHERE newest = 1
+    ORDER BY account, livemode, customer_id";
+
 /// Rows that differ between a rebuilt table and the live one, both ways.
 const DIFFERENCES: &str = "
     SELECT r.account, r.livemode, r.customer_id,
@@ -313,14 +339,19 @@ pub(in crate::store) async fn log_page(
     upto: i64,
     limit: i64,
     reparse_below: i64,
+    only_stale: bool,
 ) -> Result<Vec<LogRecord>, sqlx::Error> {
-    sqlx::query_as(LOG_RANGE)
-        .bind(after)
-        .bind(upto)
-        .bind(reparse_below)
-        .bind(limit)
-        .fetch_all(pool)
-        .await
+    sqlx::query_as(if only_stale {
+        STALE_LOG_RANGE
+    } else {
+        LOG_RANGE
+    })
+    .bind(after)
+    .bind(upto)
+    .bind(reparse_below)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
 }
 
 /// The part of the log a rebuild has not read yet (read while appends are blocked).
@@ -345,6 +376,21 @@ pub(in crate::store) async fn write_rows(
     let mut tx = pool.begin().await?;
     upsert_many(&mut tx, table, rows).await?;
     tx.commit().await
+}
+
+/// Fills the aside table from the stored columns; returns the rows written.
+pub(in crate::store) async fn rebuild_from_columns(
+    writer: &Pool<Db>,
+    aside: &str,
+    upto: i64,
+    current: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(&with_table(REBUILD_FROM_COLUMNS, aside))
+        .bind(upto)
+        .bind(current)
+        .execute(writer)
+        .await?;
+    Ok(done.rows_affected())
 }
 
 async fn differences(

@@ -136,7 +136,7 @@ async fn load_then_kill(served: &mut Served, round: usize, kill_after: usize) ->
 /// The whole log, read back through the store.
 async fn logged_events(store: &Store) -> Vec<(String, String)> {
     store
-        .log_page(0, i64::MAX, i64::MAX, i64::MAX)
+        .log_page(0, i64::MAX, i64::MAX, i64::MAX, false)
         .await
         .expect("read the log")
         .into_iter()
