@@ -408,15 +408,13 @@ impl Store {
         reparse_below: i64,
         only_stale: bool,
     ) -> Result<Vec<LogRecord>, StoreError> {
-        let stale = only_stale;
+        let (below, stale) = (reparse_below, only_stale);
         Ok(match self {
             Self::Sqlite(s) => {
-                sqlite::queries::log_page(&s.reader, after, upto, limit, reparse_below, stale)
-                    .await?
+                sqlite::queries::log_page(&s.reader, after, upto, limit, below, stale).await?
             }
             Self::Postgres(s) => {
-                postgres::queries::log_page(&s.pool, after, upto, limit, reparse_below, stale)
-                    .await?
+                postgres::queries::log_page(&s.pool, after, upto, limit, below, stale).await?
             }
         })
     }
