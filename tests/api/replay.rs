@@ -36,6 +36,21 @@ fn replay_and_prune_give_the_incremental_tables(backend: Backend) {
     }
 }
 
+/// Replays and checks the table is `expected`.
+async fn replay_gives(
+    store: &Store,
+    expected: &[stripe_projector::store::ProjectedCustomer],
+    what: &str,
+) -> Result<replay::ReplayReport, TestCaseError> {
+    let fail = |e: stripe_projector::store::StoreError| TestCaseError::fail(e.to_string());
+    let report = replay::rebuild(store, RebuildKind::Replace, &Silent)
+        .await
+        .map_err(fail)?;
+    let table = store.customers().await.map_err(fail)?;
+    proptest::prop_assert_eq!(table.as_slice(), expected, "{}", what);
+    Ok(report)
+}
+
 async fn check_case(db: &TestDb, case: &Case) -> Result<(), TestCaseError> {
     let store = db.store().await;
     let fail = |e: stripe_projector::store::StoreError| TestCaseError::fail(e.to_string());
@@ -44,14 +59,7 @@ async fn check_case(db: &TestDb, case: &Case) -> Result<(), TestCaseError> {
     let incremental = store.customers().await.map_err(fail)?;
     proptest::prop_assert_eq!(&incremental, &expected, "incremental");
 
-    let report = replay::rebuild(&store, RebuildKind::Replace, &Silent)
-        .await
-        .map_err(fail)?;
-    proptest::prop_assert_eq!(
-        &store.customers().await.map_err(fail)?,
-        &expected,
-        "after replay"
-    );
+    let report = replay_gives(&store, &expected, "after replay").await?;
     proptest::prop_assert_eq!(report.events, case.history.len() as u64);
     let verify = replay::rebuild(&store, RebuildKind::Verify, &Silent)
         .await
@@ -62,33 +70,12 @@ async fn check_case(db: &TestDb, case: &Case) -> Result<(), TestCaseError> {
     // and mixed with events whose stored columns are trusted.
     db.execute("UPDATE events SET projection_version = 0 WHERE seq % 2 = 0")
         .await;
-    replay::rebuild(&store, RebuildKind::Replace, &Silent)
-        .await
-        .map_err(fail)?;
-    proptest::prop_assert_eq!(
-        &store.customers().await.map_err(fail)?,
-        &expected,
-        "after replay from columns and payloads"
-    );
+    replay_gives(&store, &expected, "after replay from columns and payloads").await?;
     db.execute("UPDATE events SET projection_version = 0").await;
-    replay::rebuild(&store, RebuildKind::Replace, &Silent)
-        .await
-        .map_err(fail)?;
-    proptest::prop_assert_eq!(
-        &store.customers().await.map_err(fail)?,
-        &expected,
-        "after replay from payloads"
-    );
+    replay_gives(&store, &expected, "after replay from payloads").await?;
 
     store.prune_superseded(i64::MAX).await.map_err(fail)?;
-    replay::rebuild(&store, RebuildKind::Replace, &Silent)
-        .await
-        .map_err(fail)?;
-    proptest::prop_assert_eq!(
-        &store.customers().await.map_err(fail)?,
-        &expected,
-        "after prune and replay"
-    );
+    replay_gives(&store, &expected, "after prune and replay").await?;
     // Each customer keeps exactly the snapshot that decides it.
     let snapshots = case
         .history
