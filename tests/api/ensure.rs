@@ -365,7 +365,7 @@ async fn the_log_holds_an_api_event_and_the_projection_matches_the_pure_rules(ba
         oracle.apply(&event);
     }
     let projected = app.store.customers().await.unwrap();
-    assert_eq!(projected, oracle_rows(&oracle));
+    assert_eq!(projected, crate::permutation::oracle_rows(&oracle));
 
     let replayed = stripe_projector::replay::rebuild(
         &app.store,
@@ -380,27 +380,6 @@ async fn the_log_holds_an_api_event_and_the_projection_matches_the_pure_rules(ba
         projected,
         "replay after ensure"
     );
-}
-
-fn oracle_rows(model: &ReadModel) -> Vec<ProjectedCustomer> {
-    model
-        .customers()
-        .map(
-            |((account, livemode, customer_id), snapshot)| ProjectedCustomer {
-                account: account.to_string(),
-                livemode: *livemode,
-                customer_id: customer_id.to_string(),
-                email: snapshot.email.clone(),
-                email_key: snapshot.email_key.as_ref().map(ToString::to_string),
-                name: snapshot.name.clone(),
-                customer_created: snapshot.customer_created,
-                deleted: snapshot.version.deleted,
-                version: snapshot.version.encode(),
-                last_event_id: snapshot.version.event_id.to_string(),
-                last_event_created: snapshot.version.created,
-            },
-        )
-        .collect()
 }
 
 async fn an_existing_customer_is_200_created_false_without_asking_stripe(backend: Backend) {

@@ -61,6 +61,37 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Property tests run proptest's synchronous runner and drive the async store from it
+/// with a runtime of their own.
+pub fn property_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Two `#[test]`s running a synchronous property check once per backend, with the same
+/// skip rule as `on_both_backends!`.
+#[macro_export]
+macro_rules! property_on_both_backends {
+    ($sqlite:ident, $postgres:ident => $check:path) => {
+        #[test]
+        fn $sqlite() {
+            $check($crate::helpers::Backend::Sqlite);
+        }
+
+        #[test]
+        fn $postgres() {
+            if $crate::helpers::postgres_admin_url().is_none() {
+                eprintln!("skipped: TEST_DATABASE_URL is unset");
+                return;
+            }
+            $check($crate::helpers::Backend::Postgres);
+        }
+    };
+}
+
 /// A database that exists for one test: an SQLite file in a temporary folder, or a
 /// uniquely named PostgreSQL database dropped when this value is dropped.
 pub struct TestDb {

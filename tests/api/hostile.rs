@@ -343,19 +343,7 @@ fn case() -> impl Strategy<Value = Case> {
 // ---------------------------------------------------------------------------------------
 // The property.
 
-#[test]
-fn hostile_requests_get_documented_answers_on_sqlite() {
-    check_hostile(Backend::Sqlite);
-}
-
-#[test]
-fn hostile_requests_get_documented_answers_on_postgres() {
-    if helpers::postgres_admin_url().is_none() {
-        eprintln!("skipped: TEST_DATABASE_URL is unset");
-        return;
-    }
-    check_hostile(Backend::Postgres);
-}
+property_on_both_backends!(hostile_requests_get_documented_answers_on_sqlite, hostile_requests_get_documented_answers_on_postgres => check_hostile);
 
 fn config() -> Config {
     let cases = match std::env::var("PROPTEST_CASES") {
@@ -381,11 +369,7 @@ fn check_hostile(backend: Backend) {
 }
 
 fn run_hostile(backend: Backend) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = helpers::property_runtime();
     let app = runtime.block_on(TestApp::spawn_with(backend, hostile_config()));
     let runs = Cell::new(0usize);
     let mut runner = TestRunner::new(config());

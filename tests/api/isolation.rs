@@ -19,26 +19,10 @@ use stripe_projector::store::{Lookup, Store};
 use crate::helpers::{self, Backend, TestDb};
 use crate::permutation::{self, Case, ACCOUNTS, EMAIL_KEYS, PLATFORM};
 
-#[test]
-fn no_lookup_answers_another_accounts_or_modes_customer_on_sqlite() {
-    check_isolation(Backend::Sqlite);
-}
-
-#[test]
-fn no_lookup_answers_another_accounts_or_modes_customer_on_postgres() {
-    if helpers::postgres_admin_url().is_none() {
-        eprintln!("skipped: TEST_DATABASE_URL is unset");
-        return;
-    }
-    check_isolation(Backend::Postgres);
-}
+property_on_both_backends!(no_lookup_answers_another_accounts_or_modes_customer_on_sqlite, no_lookup_answers_another_accounts_or_modes_customer_on_postgres => check_isolation);
 
 fn check_isolation(backend: Backend) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = helpers::property_runtime();
     let db = runtime.block_on(TestDb::create(backend));
     let store = runtime.block_on(db.store());
     let runs = Cell::new(0usize);

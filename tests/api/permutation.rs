@@ -239,27 +239,11 @@ pub(crate) fn case() -> impl Strategy<Value = Case> {
         .prop_map(|(history, seeds)| Case { history, seeds })
 }
 
-#[test]
-fn any_permutation_of_a_history_gives_identical_tables_on_sqlite() {
-    check_rule_7(Backend::Sqlite);
-}
-
-#[test]
-fn any_permutation_of_a_history_gives_identical_tables_on_postgres() {
-    if helpers::postgres_admin_url().is_none() {
-        eprintln!("skipped: TEST_DATABASE_URL is unset");
-        return;
-    }
-    check_rule_7(Backend::Postgres);
-}
+property_on_both_backends!(any_permutation_of_a_history_gives_identical_tables_on_sqlite, any_permutation_of_a_history_gives_identical_tables_on_postgres => check_rule_7);
 
 /// Runs the property against one database of `backend`.
 fn check_rule_7(backend: Backend) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = helpers::property_runtime();
     let db = runtime.block_on(TestDb::create(backend));
     let store = runtime.block_on(db.store());
     // Shrinking reruns cases: every run gets a fresh prefix, not every generated case.

@@ -17,11 +17,7 @@ use crate::process::run;
 /// Random histories on a fresh database each: incremental projection, replay, and prune
 /// followed by replay all give the oracle's table.
 fn replay_and_prune_give_the_incremental_tables(backend: Backend) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = helpers::property_runtime();
     let mut config = generated::config();
     config.cases = config.cases.div_ceil(2);
     let mut runner = TestRunner::new(config);
@@ -94,19 +90,7 @@ async fn store_closed(store: Store) {
     drop(store);
 }
 
-#[test]
-fn replay_and_prune_give_the_incremental_tables_on_sqlite() {
-    replay_and_prune_give_the_incremental_tables(Backend::Sqlite);
-}
-
-#[test]
-fn replay_and_prune_give_the_incremental_tables_on_postgres() {
-    if helpers::postgres_admin_url().is_none() {
-        eprintln!("skipped: TEST_DATABASE_URL is unset");
-        return;
-    }
-    replay_and_prune_give_the_incremental_tables(Backend::Postgres);
-}
+property_on_both_backends!(replay_and_prune_give_the_incremental_tables_on_sqlite, replay_and_prune_give_the_incremental_tables_on_postgres => replay_and_prune_give_the_incremental_tables);
 
 /// Fills the log with `n` customers on a few accounts, in batches.
 async fn populate(store: &Store, n: usize) {
