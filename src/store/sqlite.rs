@@ -60,25 +60,22 @@ impl SqliteStore {
     }
 }
 
-/// The customer table's shape (as in the migrations), for a rebuild's aside table.
+/// A rebuild's aside table, declared exactly like the live customer table: SQLite keeps
+/// each table's `CREATE TABLE` text, so the column list is taken from there.
 async fn create_aside(pool: &SqlitePool, aside: &str, _token: &str) -> Result<(), sqlx::Error> {
-    let ddl = format!(
-        "CREATE TABLE {aside} (
-            account            TEXT    NOT NULL,
-            livemode           BOOLEAN NOT NULL,
-            customer_id        TEXT    NOT NULL,
-            email              TEXT,
-            email_key          TEXT,
-            name               TEXT,
-            customer_created   INTEGER NOT NULL,
-            deleted            BOOLEAN NOT NULL,
-            version            TEXT    NOT NULL,
-            last_event_id      TEXT    NOT NULL,
-            last_event_created INTEGER NOT NULL,
-            PRIMARY KEY (account, livemode, customer_id)
-        )"
-    );
-    sqlx::query(&ddl).execute(pool).await.map(drop)
+    let live: String = sqlx::query_scalar(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'customers'",
+    )
+    .fetch_one(pool)
+    .await?;
+    let columns = live
+        .find('(')
+        .map(|start| &live[start..])
+        .ok_or_else(|| sqlx::Error::Protocol("customers has no column list".into()))?;
+    sqlx::query(&format!("CREATE TABLE {aside} {columns}"))
+        .execute(pool)
+        .await
+        .map(drop)
 }
 
 /// Checkout's index on the aside table. Index names outlive a table rename, so each
