@@ -2,7 +2,10 @@
 //! many accounts) at concurrency C against a release `serve`.
 //!
 //! cargo bench --bench ingest -- [--events 200000] [--concurrency 64] [--accounts 500]
-//!                                [--postgres postgres://postgres@127.0.0.1:5432/postgres]
+//!                                [--prefill 0] [--postgres ADMIN_URL]
+//!
+//! `--prefill N` puts N other events in the log first, to measure how ingestion grows
+//! with the log.
 
 mod common;
 
@@ -16,10 +19,14 @@ fn main() {
     let events = arg_usize("--events", 200_000);
     let concurrency = arg_usize("--concurrency", 64);
     let accounts = arg_usize("--accounts", 500);
+    let prefill = arg_usize("--prefill", 0);
     let runtime = runtime();
     runtime.block_on(async {
         let db = BenchDb::create().await;
-        db.store().await; // migrate before the clock starts
+        // Migrated (and prefilled) before the clock starts.
+        let store = db.store().await;
+        fill_range(&store, PREFILL_FIRST..PREFILL_FIRST + prefill, accounts).await;
+        drop(store);
         let server = Server::start(&db.url);
         let secret = Secret::new(SECRET);
         // Prepared and signed up front: the clock measures the server, not the generator.
@@ -41,13 +48,15 @@ fn main() {
             }
         }
         let total = requests.len();
+        let cpu = CpuUse::start(server.child.id());
         let (elapsed, mut latencies, failures) =
             drive(&server.addr, concurrency, Arc::new(requests)).await;
+        let cpu = cpu.report(total);
         let rate = total as f64 / elapsed.as_secs_f64();
         println!(
-            "ingest {}: {total} requests ({events} distinct events) at concurrency {concurrency}: \
-             {rate:.0} events/s, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms, \
-             {failures} non-2xx, server peak RSS {:.0} MiB",
+            "ingest {}: {total} requests ({events} distinct events, {prefill} already in the log) \
+             at concurrency {concurrency}: {rate:.0} events/s, p50 {:.2} ms, p90 {:.2} ms, \
+             p99 {:.2} ms, max {:.2} ms, {failures} non-2xx, server peak RSS {:.0} MiB, {cpu}",
             db.label,
             latencies.percentile_ms(0.50),
             latencies.percentile_ms(0.90),

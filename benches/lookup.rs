@@ -31,12 +31,14 @@ fn main() {
                 (head, Vec::new())
             })
             .collect();
+        let cpu = CpuUse::start(server.child.id());
         let (elapsed, mut latencies, not_found) =
             drive(&server.addr, concurrency, Arc::new(requests)).await;
+        let cpu = cpu.report(total);
         println!(
             "lookup {}: {total} lookups over {customers} customers at concurrency {concurrency}: \
              {:.0} lookups/s, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms \
-             ({not_found} were 404 by design), server peak RSS {:.0} MiB",
+             ({not_found} were 404 by design), server peak RSS {:.0} MiB, {cpu}",
             db.label,
             total as f64 / elapsed.as_secs_f64(),
             latencies.percentile_ms(0.50),

@@ -135,9 +135,18 @@ pub fn customer_event(i: usize, accounts: usize, updated: bool) -> String {
 /// Fills the log (and the projection) with `n` customer events through the library,
 /// in batches: the setup of the lookup and replay benchmarks.
 pub async fn fill(store: &Store, n: usize, accounts: usize) {
+    fill_range(store, 0..n, accounts).await;
+}
+
+/// Where `--prefill` events are numbered from: far above any benchmark's own events, so
+/// that no id or customer of the measured run is already in the log.
+pub const PREFILL_FIRST: usize = 1_000_000_000;
+
+/// Fills the log with the events numbered `range` (see [`customer_event`]).
+pub async fn fill_range(store: &Store, range: std::ops::Range<usize>, accounts: usize) {
     let platform = AccountId::parse("platform").unwrap();
     let mut batch: Vec<(CustomerEvent, projection::Effect)> = Vec::with_capacity(1_000);
-    for i in 0..n {
+    for i in range {
         let body = customer_event(i, accounts, false);
         let Ok(Delivery::Customer(event)) = event::parse(body.as_bytes(), &platform) else {
             unreachable!("generated events parse")
@@ -199,6 +208,73 @@ impl Server {
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
+    }
+}
+
+/// CPU time used so far (user + system) by process `pid`, from /proc.
+pub fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name.
+    Duration::from_millis((ticks(11) + ticks(12)) * 1_000 / USER_HZ)
+}
+
+/// Busy and total CPU time of the whole machine so far (all cores), from /proc/stat.
+pub fn machine_cpu() -> (Duration, Duration) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = ticks.iter().take(8).sum();
+    // idle and iowait are the 4th and 5th columns.
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    let ms = |t: u64| Duration::from_millis(t * 1_000 / USER_HZ);
+    (ms(total - idle), ms(total))
+}
+
+/// The unit of /proc's CPU times: USER_HZ, 100 on every Linux this runs on
+/// (`getconf CLK_TCK`).
+const USER_HZ: u64 = 100;
+
+/// What the machine's CPUs did during a measured run: the server's own CPU time per
+/// request, and how busy all cores were (server, database and load generator together).
+pub struct CpuUse {
+    server_pid: u32,
+    server_start: Duration,
+    machine_start: (Duration, Duration),
+}
+
+impl CpuUse {
+    pub fn start(server_pid: u32) -> Self {
+        Self {
+            server_pid,
+            server_start: process_cpu(server_pid),
+            machine_start: machine_cpu(),
+        }
+    }
+
+    /// "server CPU N µs/request, machine M % busy".
+    pub fn report(&self, requests: usize) -> String {
+        let server = process_cpu(self.server_pid) - self.server_start;
+        let (busy, total) = machine_cpu();
+        let busy = busy - self.machine_start.0;
+        let total = total - self.machine_start.1;
+        format!(
+            "server CPU {:.0} µs/request, machine {:.0} % busy",
+            server.as_secs_f64() * 1e6 / requests.max(1) as f64,
+            busy.as_secs_f64() * 100.0 / total.as_secs_f64().max(1e-9),
+        )
     }
 }
 

@@ -39,6 +39,7 @@ impl PgStore {
     pub(super) async fn connect(options: PgConnectOptions) -> Result<Self, sqlx::Error> {
         let pool = PgPoolOptions::new()
             .max_connections(CONNECTIONS)
+            .test_before_acquire(false)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;

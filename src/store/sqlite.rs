@@ -37,18 +37,21 @@ pub(super) fn options(url: &str) -> Result<SqliteConnectOptions, sqlx::Error> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(BUSY_TIMEOUT)
-        .page_size(16_384))
+        .page_size(16_384)
+        .pragma("temp_store", "memory"))
 }
 
 impl SqliteStore {
     pub(super) async fn connect(options: SqliteConnectOptions) -> Result<Self, sqlx::Error> {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(BUSY_TIMEOUT)
             .connect_with(options.clone())
             .await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
+            .test_before_acquire(false)
             .acquire_timeout(BUSY_TIMEOUT)
             .connect_with(options)
             .await?;
