@@ -12,6 +12,7 @@ use crate::ensure::{EnsureError, EnsureRequest, Ensurer};
 use crate::group_commit::GroupCommitter;
 use crate::http::{self, AppState, ServerOptions};
 use crate::lookup::LookupRequest;
+use crate::lookup_batch::LookupBatcher;
 use crate::replay::{self, Progress};
 use crate::secret::Secret;
 use crate::store::RebuildKind;
@@ -333,6 +334,7 @@ async fn serve(database_url: &str, args: ServeArgs) -> Result<ExitCode, Failure>
     let server = http::server(
         AppState {
             committer: GroupCommitter::start(&store),
+            lookups: LookupBatcher::start(&store),
             store,
             webhook,
             read_token,

@@ -14,6 +14,7 @@ pub mod http;
 pub mod import;
 pub mod ingest;
 pub mod lookup;
+pub mod lookup_batch;
 pub mod metrics;
 pub mod projection;
 pub mod replay;

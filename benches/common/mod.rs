@@ -220,7 +220,12 @@ pub fn process_cpu(pid: u32) -> Duration {
         .map_or("", |(_, rest)| rest)
         .split_whitespace()
         .collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name.
     Duration::from_millis((ticks(11) + ticks(12)) * 1_000 / USER_HZ)
 }

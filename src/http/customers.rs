@@ -38,11 +38,7 @@ async fn answer_lookup(request: &HttpRequest, state: &AppState) -> Result<HttpRe
         query.email.as_deref(),
         query.livemode.as_deref(),
     )?;
-    match state
-        .store
-        .lookup(&lookup.account, &lookup.email, lookup.livemode)
-        .await?
-    {
+    match state.lookups.lookup(lookup).await? {
         Lookup::Found(customer) => Ok(HttpResponse::Ok().json(customer)),
         Lookup::NotFound => Err(ApiError::NotFound),
         Lookup::AmbiguousLivemode => Err(ApiError::AmbiguousLivemode),

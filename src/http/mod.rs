@@ -18,6 +18,7 @@ use actix_web::{web, App, HttpServer};
 use crate::config::WebhookConfig;
 use crate::ensure::Ensurer;
 use crate::group_commit::GroupCommitter;
+use crate::lookup_batch::LookupBatcher;
 use crate::secret::Secret;
 use crate::store::Store;
 
@@ -29,6 +30,8 @@ pub struct AppState {
     pub store: Store,
     /// Webhook appends go through here and share transactions (see `group_commit`).
     pub committer: GroupCommitter,
+    /// Checkout lookups go through here and share queries (see `lookup_batch`).
+    pub lookups: LookupBatcher,
     pub webhook: WebhookConfig,
     /// When set, `/v1/...` requests need `Authorization: Bearer <token>`.
     pub read_token: Option<Secret>,

@@ -11,6 +11,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::domain::{AccountId, EmailKey};
+use crate::lookup::LookupRequest;
 use crate::metrics;
 use crate::projection::{Effect, Projected};
 use crate::stripe::event::CustomerEvent;
@@ -55,6 +56,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the writer has stopped")]
     WriterStopped,
+    #[error("the lookup readers have stopped")]
+    ReaderStopped,
     /// Another event's failure, shared by everything committed with it.
     #[error("the transaction holding this event failed")]
     BatchFailed,
@@ -320,33 +323,49 @@ impl Store {
         email: &EmailKey,
         livemode: Option<bool>,
     ) -> Result<Lookup, StoreError> {
-        let found = |customer: Option<Customer>| customer.map_or(Lookup::NotFound, Lookup::Found);
-        if let Some(livemode) = livemode {
-            return Ok(found(self.canonical(account, livemode, email).await?));
-        }
-        let test = self.canonical(account, false, email).await?;
-        let live = self.canonical(account, true, email).await?;
-        Ok(match (test, live) {
-            (Some(_), Some(_)) => Lookup::AmbiguousLivemode,
-            (test, live) => found(test.or(live)),
-        })
+        let request = LookupRequest {
+            account: account.clone(),
+            email: email.clone(),
+            livemode,
+        };
+        let mut answers = self.lookup_many(std::slice::from_ref(&request)).await?;
+        Ok(answers.pop().unwrap_or(Lookup::NotFound))
     }
 
-    async fn canonical(
-        &self,
-        account: &AccountId,
-        livemode: bool,
-        email: &EmailKey,
-    ) -> Result<Option<Customer>, StoreError> {
-        let (account, email) = (account.as_str(), email.as_str());
-        Ok(match self {
-            Self::Sqlite(s) => {
-                sqlite::queries::canonical(&s.reader, account, livemode, email).await?
-            }
-            Self::Postgres(s) => {
-                postgres::queries::canonical(&s.pool, account, livemode, email).await?
-            }
-        })
+    /// Checkout's answers to several lookups, in order, read in one statement on
+    /// PostgreSQL (see `lookup_batch`). A lookup without livemode asks for both modes.
+    pub async fn lookup_many(&self, requests: &[LookupRequest]) -> Result<Vec<Lookup>, StoreError> {
+        let keys: Vec<(&str, bool, &str)> = requests
+            .iter()
+            .flat_map(|request| {
+                let modes: &[bool] = match request.livemode {
+                    Some(false) => &[false],
+                    Some(true) => &[true],
+                    None => &[false, true],
+                };
+                modes
+                    .iter()
+                    .map(|&livemode| (request.account.as_str(), livemode, request.email.as_str()))
+            })
+            .collect();
+        let mut answers = match self {
+            Self::Sqlite(s) => sqlite::canonical_many(&s.reader, &keys).await?,
+            Self::Postgres(s) => postgres::canonical_many(&s.pool, &keys).await?,
+        }
+        .into_iter();
+        // Each backend answers every key, in order.
+        let mut next = || answers.next().flatten();
+        let found = |customer: Option<Customer>| customer.map_or(Lookup::NotFound, Lookup::Found);
+        Ok(requests
+            .iter()
+            .map(|request| match request.livemode {
+                Some(_) => found(next()),
+                None => match (next(), next()) {
+                    (Some(_), Some(_)) => Lookup::AmbiguousLivemode,
+                    (test, live) => found(test.or(live)),
+                },
+            })
+            .collect())
     }
 
     /// Every row of the customer table, ordered by (account, livemode, customer id).

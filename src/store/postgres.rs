@@ -11,6 +11,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
+use super::Customer;
+
 type Db = Postgres;
 
 pub(super) mod queries {
@@ -49,6 +51,52 @@ impl PgStore {
     pub(super) async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         MIGRATOR.run(&self.pool).await
     }
+}
+
+/// Checkout's customer for each `(account, livemode, email key)`, in order, in one
+/// statement: each key is one index search, and the statement's round trip is shared.
+pub(super) async fn canonical_many(
+    pool: &PgPool,
+    keys: &[(&str, bool, &str)],
+) -> Result<Vec<Option<Customer>>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Numbered {
+        /// The key's position, from 1.
+        i: i64,
+        #[sqlx(flatten)]
+        customer: Customer,
+    }
+    let accounts: Vec<&str> = keys.iter().map(|key| key.0).collect();
+    let modes: Vec<bool> = keys.iter().map(|key| key.1).collect();
+    let emails: Vec<&str> = keys.iter().map(|key| key.2).collect();
+    let rows: Vec<Numbered> = sqlx::query_as(
+        "SELECT key.i, c.customer_id, c.account, c.email, c.livemode, c.name,
+                c.last_event_id, c.last_event_created
+         FROM unnest($1::text[], $2::boolean[], $3::text[]) WITH ORDINALITY
+              AS key(account, livemode, email_key, i)
+         CROSS JOIN LATERAL (
+             SELECT * FROM customers
+             WHERE customers.account = key.account AND customers.livemode = key.livemode
+               AND customers.email_key = key.email_key
+               AND customers.deleted = FALSE AND customers.email_key IS NOT NULL
+             ORDER BY customers.customer_created, customers.customer_id
+             LIMIT 1
+         ) AS c",
+    )
+    .bind(&accounts)
+    .bind(&modes)
+    .bind(&emails)
+    .fetch_all(pool)
+    .await?;
+    let mut found = vec![None; keys.len()];
+    for row in rows {
+        let slot = usize::try_from(row.i - 1)
+            .ok()
+            .and_then(|i| found.get_mut(i))
+            .ok_or_else(|| sqlx::Error::Protocol(format!("lookup key {} out of range", row.i)))?;
+        *slot = Some(row.customer);
+    }
+    Ok(found)
 }
 
 /// A rebuild's aside table, shaped like the live customer table (columns, collations,

@@ -9,18 +9,10 @@ use crate::projection::{Effect, Projected, PROJECTION_VERSION};
 use crate::stripe::event::CustomerEvent;
 
 use crate::store::{
-    AppendOutcome, Customer, Difference, LogRecord, LoggedEvent, ProjectedCustomer, Source, Status,
+    AppendOutcome, Difference, LogRecord, LoggedEvent, ProjectedCustomer, Source, Status,
 };
 
 /// Rule 5: the oldest live customer with this email, then the smallest id.
-const CANONICAL_CUSTOMER: &str = "
-    SELECT customer_id, account, email, livemode, name, last_event_id, last_event_created
-    FROM customers
-    WHERE account = $1 AND livemode = $2 AND email_key = $3
-      AND deleted = FALSE AND email_key IS NOT NULL
-    ORDER BY customer_created, customer_id
-    LIMIT 1";
-
 const ALL_CUSTOMERS: &str = "
     SELECT account, livemode, customer_id, email, email_key, name, customer_created, deleted,
            version, last_event_id, last_event_created
@@ -274,20 +266,6 @@ async fn upsert_many(
         query.build().execute(&mut **tx).await?;
     }
     Ok(())
-}
-
-pub(in crate::store) async fn canonical(
-    pool: &Pool<Db>,
-    account: &str,
-    livemode: bool,
-    email_key: &str,
-) -> Result<Option<Customer>, sqlx::Error> {
-    sqlx::query_as(CANONICAL_CUSTOMER)
-        .bind(account)
-        .bind(livemode)
-        .bind(email_key)
-        .fetch_optional(pool)
-        .await
 }
 
 pub(in crate::store) async fn all_customers(

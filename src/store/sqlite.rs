@@ -11,6 +11,8 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
 
+use super::Customer;
+
 type Db = Sqlite;
 
 pub(super) mod queries {
@@ -61,6 +63,33 @@ impl SqliteStore {
     pub(super) async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         MIGRATOR.run(&self.writer).await
     }
+}
+
+/// Checkout's customer for each `(account, livemode, email key)`, in order. SQLite is read
+/// in process, so one indexed query per key costs no round trip.
+pub(super) async fn canonical_many(
+    pool: &SqlitePool,
+    keys: &[(&str, bool, &str)],
+) -> Result<Vec<Option<Customer>>, sqlx::Error> {
+    let mut connection = pool.acquire().await?;
+    let mut found = Vec::with_capacity(keys.len());
+    for &(account, livemode, email_key) in keys {
+        let customer = sqlx::query_as(
+            "SELECT customer_id, account, email, livemode, name, last_event_id, last_event_created
+             FROM customers
+             WHERE account = $1 AND livemode = $2 AND email_key = $3
+               AND deleted = FALSE AND email_key IS NOT NULL
+             ORDER BY customer_created, customer_id
+             LIMIT 1",
+        )
+        .bind(account)
+        .bind(livemode)
+        .bind(email_key)
+        .fetch_optional(&mut *connection)
+        .await?;
+        found.push(customer);
+    }
+    Ok(found)
 }
 
 /// A rebuild's aside table, declared exactly like the live customer table: SQLite keeps

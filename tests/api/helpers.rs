@@ -12,6 +12,7 @@ use stripe_projector::domain::AccountId;
 use stripe_projector::ensure::Ensurer;
 use stripe_projector::group_commit::GroupCommitter;
 use stripe_projector::http::{self, AppState, ServerOptions};
+use stripe_projector::lookup_batch::LookupBatcher;
 use stripe_projector::secret::Secret;
 use stripe_projector::store::{DatabaseUrl, Store};
 use stripe_projector::stripe::api::{StripeApi, StripeApiConfig};
@@ -287,6 +288,7 @@ impl TestApp {
             .map(|api| StripeApi::new(api).expect("Stripe client"));
         let state = AppState {
             committer: GroupCommitter::start(&store),
+            lookups: LookupBatcher::start(&store),
             store: store.clone(),
             webhook: WebhookConfig {
                 secrets: config.secrets.into_iter().map(Secret::new).collect(),

@@ -212,7 +212,89 @@ async fn lookup_is_also_a_library_call(backend: Backend) {
     assert!(customer.livemode);
 }
 
+/// Many lookups at once (on PostgreSQL they share queries, see `lookup_batch`): each
+/// caller gets the answer to its own question, whatever else was asked with it.
+async fn concurrent_lookups_each_get_their_own_answer(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    // 24 buyers over 3 accounts in test mode; every fourth also has a live customer, and
+    // every sixth a second, older test customer that is therefore the canonical one.
+    for i in 0..24 {
+        let account = format!("acct_many_{}", i % 3);
+        let email = format!("buyer{i}@example.com");
+        let mut specs = vec![(format!("cus_t{i}"), false, 2_000)];
+        if i % 4 == 0 {
+            specs.push((format!("cus_l{i}"), true, 2_000));
+        }
+        if i % 6 == 0 {
+            specs.push((format!("cus_old{i}"), false, 1_000));
+        }
+        for (customer, livemode, created) in specs {
+            let event = EventSpec {
+                id: &format!("evt_{customer}"),
+                event_type: "customer.created",
+                account: Some(&account),
+                created,
+                livemode,
+                customer_id: &customer,
+                email: Some(&email),
+                customer_created: created,
+            };
+            assert_eq!(app.deliver_json(&event.to_json()).await.0, StatusCode::OK);
+        }
+    }
+    let expected = |i: usize, livemode: Option<bool>| -> (StatusCode, Option<String>) {
+        let test = if i % 6 == 0 {
+            format!("cus_old{i}")
+        } else {
+            format!("cus_t{i}")
+        };
+        let live = (i % 4 == 0).then(|| format!("cus_l{i}"));
+        match (livemode, live) {
+            (Some(false), _) | (None, None) => (StatusCode::OK, Some(test)),
+            (Some(true), Some(live)) => (StatusCode::OK, Some(live)),
+            (Some(true), None) => (StatusCode::NOT_FOUND, None),
+            (None, Some(_)) => (StatusCode::CONFLICT, None),
+        }
+    };
+    // Every buyer in every mode, on its account, on another account, and unknown buyers.
+    let mut questions = Vec::new();
+    for i in 0..30 {
+        for (mode, livemode) in [
+            ("&livemode=false", Some(false)),
+            ("&livemode=true", Some(true)),
+            ("", None),
+        ] {
+            let right = format!(
+                "account=acct_many_{}&email=Buyer{i}%40Example.com{mode}",
+                i % 3
+            );
+            let answer = if i < 24 {
+                expected(i, livemode)
+            } else {
+                (StatusCode::NOT_FOUND, None)
+            };
+            questions.push((right, answer));
+            let wrong = format!(
+                "account=acct_many_{}&email=buyer{i}%40example.com{mode}",
+                (i + 1) % 3
+            );
+            questions.push((wrong, (StatusCode::NOT_FOUND, None)));
+        }
+    }
+
+    let answers =
+        futures_util::future::join_all(questions.iter().map(|(query, _)| app.lookup(query))).await;
+
+    for ((query, (status, customer)), (got_status, body)) in questions.iter().zip(answers) {
+        assert_eq!(got_status, *status, "{query}: {body}");
+        if let Some(customer) = customer {
+            assert_eq!(body["customer_id"], json!(customer), "{query}");
+        }
+    }
+}
+
 on_both_backends!(
+    concurrent_lookups_each_get_their_own_answer,
     found_customer_has_the_documented_body,
     email_is_matched_trimmed_and_lowercased_but_account_is_exact,
     unknown_customer_is_404,

@@ -1,0 +1,106 @@
+//! Read coalescing: concurrent checkout lookups share one query.
+//!
+//! On PostgreSQL each query costs a round trip and a backend wake-up, whatever it asks,
+//! and that, not the index search, is what a lookup spends. Lookups therefore queue here
+//! and a reader task asks for everything queued (up to a bound) in one statement, like
+//! `group_commit` does for writes. Nobody waits for a batch to fill: a lone lookup is
+//! sent at once, and batches grow only while queries are in flight. A lookup joins only a
+//! query that has not been sent yet, so it still sees every write that committed before
+//! it arrived. SQLite is read in process, with nothing to amortize: it is asked directly.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::lookup::LookupRequest;
+use crate::store::{Lookup, Store, StoreError};
+
+/// Lookups per query at most.
+const MAX_BATCH: usize = 128;
+/// Lookups that may wait for a reader; beyond this, callers wait to enqueue.
+const QUEUE: usize = 8_192;
+/// Queries in flight at once: one batch gathers while others run.
+const READERS: usize = 4;
+
+struct Job {
+    request: LookupRequest,
+    reply: oneshot::Sender<Result<Lookup, StoreError>>,
+}
+
+/// The handle request handlers look customers up through. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LookupBatcher {
+    store: Store,
+    /// `None`: ask the store directly (SQLite).
+    jobs: Option<mpsc::Sender<Job>>,
+}
+
+impl LookupBatcher {
+    /// Starts the readers on the current Tokio runtime when batching pays (PostgreSQL).
+    pub fn start(store: &Store) -> Self {
+        let jobs = match store {
+            Store::Sqlite(_) => None,
+            Store::Postgres(_) => {
+                let (jobs, queue) = mpsc::channel(QUEUE);
+                let queue = Arc::new(Mutex::new(queue));
+                for _ in 0..READERS {
+                    tokio::spawn(run(store.clone(), queue.clone()));
+                }
+                Some(jobs)
+            }
+        };
+        Self {
+            store: store.clone(),
+            jobs,
+        }
+    }
+
+    /// Checkout's answer, as [`Store::lookup`] gives it.
+    pub async fn lookup(&self, request: LookupRequest) -> Result<Lookup, StoreError> {
+        let Some(jobs) = &self.jobs else {
+            return self
+                .store
+                .lookup_many(&[request])
+                .await?
+                .pop()
+                .ok_or(StoreError::ReaderStopped);
+        };
+        let (reply, answer) = oneshot::channel();
+        jobs.send(Job { request, reply })
+            .await
+            .map_err(|_| StoreError::ReaderStopped)?;
+        answer.await.map_err(|_| StoreError::ReaderStopped)?
+    }
+}
+
+/// One reader: take what is queued, ask, answer, repeat until every handle is gone.
+async fn run(store: Store, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        {
+            let mut queue = queue.lock().await;
+            if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                return;
+            }
+        }
+        let (requests, replies): (Vec<_>, Vec<_>) =
+            batch.drain(..).map(|job| (job.request, job.reply)).unzip();
+        match store.lookup_many(&requests).await {
+            Ok(answers) => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    // A caller that went away needs no answer.
+                    let _ = reply.send(Ok(answer));
+                }
+            }
+            Err(error) => {
+                let mut replies = replies.into_iter();
+                if let Some(first) = replies.next() {
+                    let _ = first.send(Err(error));
+                }
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::BatchFailed));
+                }
+            }
+        }
+    }
+}
