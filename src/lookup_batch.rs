@@ -1,12 +1,13 @@
 //! Read coalescing: concurrent checkout lookups share one query.
 //!
-//! On PostgreSQL each query costs a round trip and a backend wake-up, whatever it asks,
-//! and that, not the index search, is what a lookup spends. Lookups therefore queue here
-//! and a reader task asks for everything queued (up to a bound) in one statement, like
+//! Each query costs a round trip and a wake-up of another thread (a PostgreSQL backend,
+//! or the thread that runs a SQLite connection), whatever it asks, and that, not the
+//! index search, is most of what a lookup spends. Lookups therefore queue here and a
+//! reader task asks for everything queued (up to a bound) in one statement, like
 //! `group_commit` does for writes. Nobody waits for a batch to fill: a lone lookup is
 //! sent at once, and batches grow only while queries are in flight. A lookup joins only a
 //! query that has not been sent yet, so it still sees every write that committed before
-//! it arrived. SQLite is read in process, with nothing to amortize: it is asked directly.
+//! it arrived.
 
 use std::sync::Arc;
 
@@ -30,43 +31,32 @@ struct Job {
 /// The handle request handlers look customers up through. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct LookupBatcher {
-    store: Store,
-    /// `None`: ask the store directly (SQLite).
-    jobs: Option<mpsc::Sender<Job>>,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The email is a buyer's: not for logs.
+        f.debug_struct("Job").finish_non_exhaustive()
+    }
 }
 
 impl LookupBatcher {
-    /// Starts the readers on the current Tokio runtime when batching pays (PostgreSQL).
+    /// Starts the readers on the current Tokio runtime.
     pub fn start(store: &Store) -> Self {
-        let jobs = match store {
-            Store::Sqlite(_) => None,
-            Store::Postgres(_) => {
-                let (jobs, queue) = mpsc::channel(QUEUE);
-                let queue = Arc::new(Mutex::new(queue));
-                for _ in 0..READERS {
-                    tokio::spawn(run(store.clone(), queue.clone()));
-                }
-                Some(jobs)
-            }
-        };
-        Self {
-            store: store.clone(),
-            jobs,
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..READERS {
+            tokio::spawn(run(store.clone(), queue.clone()));
         }
+        Self { jobs }
     }
 
     /// Checkout's answer, as [`Store::lookup`] gives it.
     pub async fn lookup(&self, request: LookupRequest) -> Result<Lookup, StoreError> {
-        let Some(jobs) = &self.jobs else {
-            return self
-                .store
-                .lookup_many(&[request])
-                .await?
-                .pop()
-                .ok_or(StoreError::ReaderStopped);
-        };
         let (reply, answer) = oneshot::channel();
-        jobs.send(Job { request, reply })
+        self.jobs
+            .send(Job { request, reply })
             .await
             .map_err(|_| StoreError::ReaderStopped)?;
         answer.await.map_err(|_| StoreError::ReaderStopped)?

@@ -65,29 +65,51 @@ impl SqliteStore {
     }
 }
 
-/// Checkout's customer for each `(account, livemode, email key)`, in order. SQLite is read
-/// in process, so one indexed query per key costs no round trip.
+/// Checkout's customer for each `(account, livemode, email key)`, in order, in one
+/// statement: the keys travel as one JSON array, so the statement's text (and its
+/// prepared form) is the same for any number of keys, and each key is one index search.
 pub(super) async fn canonical_many(
     pool: &SqlitePool,
     keys: &[(&str, bool, &str)],
 ) -> Result<Vec<Option<Customer>>, sqlx::Error> {
-    let mut connection = pool.acquire().await?;
-    let mut found = Vec::with_capacity(keys.len());
-    for &(account, livemode, email_key) in keys {
-        let customer = sqlx::query_as(
-            "SELECT customer_id, account, email, livemode, name, last_event_id, last_event_created
-             FROM customers
-             WHERE account = $1 AND livemode = $2 AND email_key = $3
+    #[derive(sqlx::FromRow)]
+    struct Numbered {
+        /// The key's position, from 0.
+        i: i64,
+        #[sqlx(flatten)]
+        customer: Customer,
+    }
+    let keys_json = serde_json::Value::from(
+        keys.iter()
+            .map(|&(account, livemode, email_key)| {
+                serde_json::json!([account, i64::from(livemode), email_key])
+            })
+            .collect::<Vec<_>>(),
+    )
+    .to_string();
+    let rows: Vec<Numbered> = sqlx::query_as(
+        "SELECT CAST(key.key AS INTEGER) AS i, c.customer_id, c.account, c.email, c.livemode,
+                c.name, c.last_event_id, c.last_event_created
+         FROM json_each($1) AS key
+         JOIN customers AS c ON c.rowid = (
+             SELECT rowid FROM customers
+             WHERE account = key.value ->> 0 AND livemode = key.value ->> 1
+               AND email_key = key.value ->> 2
                AND deleted = FALSE AND email_key IS NOT NULL
              ORDER BY customer_created, customer_id
-             LIMIT 1",
-        )
-        .bind(account)
-        .bind(livemode)
-        .bind(email_key)
-        .fetch_optional(&mut *connection)
-        .await?;
-        found.push(customer);
+             LIMIT 1
+         )",
+    )
+    .bind(keys_json)
+    .fetch_all(pool)
+    .await?;
+    let mut found = vec![None; keys.len()];
+    for row in rows {
+        let slot = usize::try_from(row.i)
+            .ok()
+            .and_then(|i| found.get_mut(i))
+            .ok_or_else(|| sqlx::Error::Protocol(format!("lookup key {} out of range", row.i)))?;
+        *slot = Some(row.customer);
     }
     Ok(found)
 }
