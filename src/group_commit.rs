@@ -10,10 +10,9 @@
 //! If a batch fails as a whole, its events are retried one by one, so one bad event
 //! cannot fail its neighbours.
 
-use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
 
-use tokio::sync::{mpsc, oneshot, Mutex};
-
+use crate::batch_queue;
 use crate::projection::Effect;
 use crate::store::{AppendOutcome, Source, Store, StoreError};
 use crate::stripe::event::CustomerEvent;
@@ -52,11 +51,10 @@ impl GroupCommitter {
             Store::Sqlite(_) => 1,
             Store::Postgres(_) => 4,
         };
-        let (jobs, queue) = mpsc::channel(QUEUE);
-        let queue = Arc::new(Mutex::new(queue));
-        for _ in 0..committers {
-            tokio::spawn(run(store.clone(), queue.clone()));
-        }
+        let store = store.clone();
+        let jobs = batch_queue::spawn(committers, QUEUE, MAX_BATCH, move |batch| {
+            commit(store.clone(), batch)
+        });
         Self { jobs }
     }
 
@@ -83,34 +81,20 @@ impl GroupCommitter {
     }
 }
 
-/// One committer: take what is queued, commit it, answer, repeat until every handle is
-/// gone.
-async fn run(store: Store, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        {
-            let mut queue = queue.lock().await;
-            if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
-                return;
-            }
-        }
-        commit(&store, &mut batch).await;
-    }
-}
-
-async fn commit(store: &Store, batch: &mut Vec<Job>) {
+/// One batch: commit it, answer each caller.
+async fn commit(store: Store, batch: Vec<Job>) {
     // One `append_many` takes one source; webhooks are the only caller today, so a mixed
     // batch is the rare case and is committed event by event.
     let source = batch[0].source;
     if batch.iter().any(|job| job.source != source) {
-        for job in batch.drain(..) {
+        for job in batch {
             let outcome = store.append(&job.event, &job.effect, job.source).await;
             let _ = job.reply.send(outcome);
         }
         return;
     }
     let (events, replies): (Vec<_>, Vec<_>) = batch
-        .drain(..)
+        .into_iter()
         .map(|job| ((job.event, job.effect), job.reply))
         .unzip();
     match store.append_many(&events, source).await {
@@ -123,13 +107,7 @@ async fn commit(store: &Store, batch: &mut Vec<Job>) {
         // Only a statement the database refused can be one event's fault; a lost
         // connection or a full pool fails everyone alike, at once.
         Err(error) if events.len() == 1 || !refused_statement(&error) => {
-            let mut replies = replies.into_iter();
-            if let Some(first) = replies.next() {
-                let _ = first.send(Err(error));
-            }
-            for reply in replies {
-                let _ = reply.send(Err(StoreError::BatchFailed));
-            }
+            batch_queue::fail_all(replies, error);
         }
         Err(error) => {
             tracing::warn!(%error, events = events.len(), "batch failed; committing its events one by one");

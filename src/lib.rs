@@ -5,6 +5,7 @@
 //! `(account, livemode, normalized email)` that checkout reads.
 #![forbid(unsafe_code)]
 
+mod batch_queue;
 pub mod cli;
 pub mod config;
 pub mod domain;

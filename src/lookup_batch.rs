@@ -9,10 +9,9 @@
 //! query that has not been sent yet, so it still sees every write that committed before
 //! it arrived.
 
-use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
 
-use tokio::sync::{mpsc, oneshot, Mutex};
-
+use crate::batch_queue;
 use crate::lookup::LookupRequest;
 use crate::store::{Lookup, Store, StoreError};
 
@@ -44,11 +43,10 @@ impl std::fmt::Debug for Job {
 impl LookupBatcher {
     /// Starts the readers on the current Tokio runtime.
     pub fn start(store: &Store) -> Self {
-        let (jobs, queue) = mpsc::channel(QUEUE);
-        let queue = Arc::new(Mutex::new(queue));
-        for _ in 0..READERS {
-            tokio::spawn(run(store.clone(), queue.clone()));
-        }
+        let store = store.clone();
+        let jobs = batch_queue::spawn(READERS, QUEUE, MAX_BATCH, move |batch| {
+            answer(store.clone(), batch)
+        });
         Self { jobs }
     }
 
@@ -63,34 +61,19 @@ impl LookupBatcher {
     }
 }
 
-/// One reader: take what is queued, ask, answer, repeat until every handle is gone.
-async fn run(store: Store, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        {
-            let mut queue = queue.lock().await;
-            if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
-                return;
+/// One batch: ask for every lookup in one statement, answer each caller its own.
+async fn answer(store: Store, batch: Vec<Job>) {
+    let (requests, replies): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .map(|job| (job.request, job.reply))
+        .unzip();
+    match store.lookup_many(&requests).await {
+        Ok(answers) => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                // A caller that went away needs no answer.
+                let _ = reply.send(Ok(answer));
             }
         }
-        let (requests, replies): (Vec<_>, Vec<_>) =
-            batch.drain(..).map(|job| (job.request, job.reply)).unzip();
-        match store.lookup_many(&requests).await {
-            Ok(answers) => {
-                for (reply, answer) in replies.into_iter().zip(answers) {
-                    // A caller that went away needs no answer.
-                    let _ = reply.send(Ok(answer));
-                }
-            }
-            Err(error) => {
-                let mut replies = replies.into_iter();
-                if let Some(first) = replies.next() {
-                    let _ = first.send(Err(error));
-                }
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::BatchFailed));
-                }
-            }
-        }
+        Err(error) => batch_queue::fail_all(replies, error),
     }
 }

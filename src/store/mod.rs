@@ -109,6 +109,31 @@ pub struct Customer {
     pub last_event_created: i64,
 }
 
+/// A row of a many-key lookup: the customer found for the key at position `i` (from 0).
+#[derive(sqlx::FromRow)]
+struct NumberedCustomer {
+    i: i64,
+    #[sqlx(flatten)]
+    customer: Customer,
+}
+
+/// Places each backend's numbered rows at their key's position; keys without a row are
+/// `None`.
+fn in_key_order(
+    rows: Vec<NumberedCustomer>,
+    keys: usize,
+) -> Result<Vec<Option<Customer>>, sqlx::Error> {
+    let mut found = vec![None; keys];
+    for row in rows {
+        let slot = usize::try_from(row.i)
+            .ok()
+            .and_then(|i| found.get_mut(i))
+            .ok_or_else(|| sqlx::Error::Protocol(format!("lookup key {} out of range", row.i)))?;
+        *slot = Some(row.customer);
+    }
+    Ok(found)
+}
+
 /// Checkout's answer for `(account, email[, livemode])`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
@@ -448,10 +473,12 @@ impl Store {
         let (table, upto) = (rebuild.table(), rebuild.horizon);
         Ok(match self {
             Self::Sqlite(s) => {
-                sqlite::queries::rebuild_from_columns(&s.writer, table, upto, current).await?
+                sqlite::rebuild_from_columns(&s.writer, table, upto, current).await?
             }
             Self::Postgres(s) => {
-                postgres::queries::rebuild_from_columns(&s.pool, table, upto, current).await?
+                let mut connection = s.pool.acquire().await?;
+                postgres::queries::rebuild_from_columns(&mut connection, table, upto, current)
+                    .await?
             }
         })
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
-use super::Customer;
+use super::{in_key_order, Customer, NumberedCustomer};
 
 type Db = Postgres;
 
@@ -59,18 +59,11 @@ pub(super) async fn canonical_many(
     pool: &PgPool,
     keys: &[(&str, bool, &str)],
 ) -> Result<Vec<Option<Customer>>, sqlx::Error> {
-    #[derive(sqlx::FromRow)]
-    struct Numbered {
-        /// The key's position, from 1.
-        i: i64,
-        #[sqlx(flatten)]
-        customer: Customer,
-    }
     let accounts: Vec<&str> = keys.iter().map(|key| key.0).collect();
     let modes: Vec<bool> = keys.iter().map(|key| key.1).collect();
     let emails: Vec<&str> = keys.iter().map(|key| key.2).collect();
-    let rows: Vec<Numbered> = sqlx::query_as(
-        "SELECT key.i, c.customer_id, c.account, c.email, c.livemode, c.name,
+    let rows: Vec<NumberedCustomer> = sqlx::query_as(
+        "SELECT key.i - 1 AS i, c.customer_id, c.account, c.email, c.livemode, c.name,
                 c.last_event_id, c.last_event_created
          FROM unnest($1::text[], $2::boolean[], $3::text[]) WITH ORDINALITY
               AS key(account, livemode, email_key, i)
@@ -88,15 +81,7 @@ pub(super) async fn canonical_many(
     .bind(&emails)
     .fetch_all(pool)
     .await?;
-    let mut found = vec![None; keys.len()];
-    for row in rows {
-        let slot = usize::try_from(row.i - 1)
-            .ok()
-            .and_then(|i| found.get_mut(i))
-            .ok_or_else(|| sqlx::Error::Protocol(format!("lookup key {} out of range", row.i)))?;
-        *slot = Some(row.customer);
-    }
-    Ok(found)
+    in_key_order(rows, keys.len())
 }
 
 /// A rebuild's aside table, shaped like the live customer table (columns, collations,

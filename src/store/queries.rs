@@ -358,7 +358,7 @@ pub(in crate::store) async fn write_rows(
 
 /// Fills the aside table from the stored columns; returns the rows written.
 pub(in crate::store) async fn rebuild_from_columns(
-    writer: &Pool<Db>,
+    connection: &mut sqlx::pool::PoolConnection<Db>,
     aside: &str,
     upto: i64,
     current: i64,
@@ -366,7 +366,7 @@ pub(in crate::store) async fn rebuild_from_columns(
     let done = sqlx::query(&with_table(REBUILD_FROM_COLUMNS, aside))
         .bind(upto)
         .bind(current)
-        .execute(writer)
+        .execute(&mut **connection)
         .await?;
     Ok(done.rows_affected())
 }

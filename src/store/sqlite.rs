@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
 
-use super::Customer;
+use super::{in_key_order, Customer, NumberedCustomer};
 
 type Db = Sqlite;
 
@@ -40,6 +40,8 @@ pub(super) fn options(url: &str) -> Result<SqliteConnectOptions, sqlx::Error> {
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(BUSY_TIMEOUT)
         .page_size(16_384)
+        // Statement journals (one per multi-row write) in memory, not a file created and
+        // deleted per transaction.
         .pragma("temp_store", "memory"))
 }
 
@@ -72,13 +74,6 @@ pub(super) async fn canonical_many(
     pool: &SqlitePool,
     keys: &[(&str, bool, &str)],
 ) -> Result<Vec<Option<Customer>>, sqlx::Error> {
-    #[derive(sqlx::FromRow)]
-    struct Numbered {
-        /// The key's position, from 0.
-        i: i64,
-        #[sqlx(flatten)]
-        customer: Customer,
-    }
     let keys_json = serde_json::Value::from(
         keys.iter()
             .map(|&(account, livemode, email_key)| {
@@ -87,7 +82,7 @@ pub(super) async fn canonical_many(
             .collect::<Vec<_>>(),
     )
     .to_string();
-    let rows: Vec<Numbered> = sqlx::query_as(
+    let rows: Vec<NumberedCustomer> = sqlx::query_as(
         "SELECT CAST(key.key AS INTEGER) AS i, c.customer_id, c.account, c.email, c.livemode,
                 c.name, c.last_event_id, c.last_event_created
          FROM json_each($1) AS key
@@ -103,15 +98,28 @@ pub(super) async fn canonical_many(
     .bind(keys_json)
     .fetch_all(pool)
     .await?;
-    let mut found = vec![None; keys.len()];
-    for row in rows {
-        let slot = usize::try_from(row.i)
-            .ok()
-            .and_then(|i| found.get_mut(i))
-            .ok_or_else(|| sqlx::Error::Protocol(format!("lookup key {} out of range", row.i)))?;
-        *slot = Some(row.customer);
-    }
-    Ok(found)
+    in_key_order(rows, keys.len())
+}
+
+/// The rebuild's one statement (see `queries::rebuild_from_columns`). It sorts the
+/// snapshot columns of the whole log, so for its length the connection puts temporary
+/// data in files rather than in memory (the default set in `options`, right for the
+/// small statement journals of ingestion): a rebuild's memory stays flat.
+pub(super) async fn rebuild_from_columns(
+    pool: &SqlitePool,
+    aside: &str,
+    upto: i64,
+    current: i64,
+) -> Result<u64, sqlx::Error> {
+    let mut connection = pool.acquire().await?;
+    sqlx::query("PRAGMA temp_store = FILE")
+        .execute(&mut *connection)
+        .await?;
+    let rebuilt = queries::rebuild_from_columns(&mut connection, aside, upto, current).await;
+    sqlx::query("PRAGMA temp_store = MEMORY")
+        .execute(&mut *connection)
+        .await?;
+    rebuilt
 }
 
 /// A rebuild's aside table, declared exactly like the live customer table: SQLite keeps
