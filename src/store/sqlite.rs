@@ -9,6 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::pool::PoolConnection;
 use sqlx::{Sqlite, SqlitePool};
 
 use super::{in_key_order, Customer, NumberedCustomer};
@@ -101,25 +102,30 @@ pub(super) async fn canonical_many(
     in_key_order(rows, keys.len())
 }
 
-/// The rebuild's one statement (see `queries::rebuild_from_columns`). It sorts the
-/// snapshot columns of the whole log, so for its length the connection puts temporary
-/// data in files rather than in memory (the default set in `options`, right for the
-/// small statement journals of ingestion): a rebuild's memory stays flat.
+/// The rebuild's one statement (see `queries::rebuild_from_columns`), on a connection
+/// whose sorts spill to files (see [`bulk_connection`]).
 pub(super) async fn rebuild_from_columns(
     pool: &SqlitePool,
     aside: &str,
     upto: i64,
     current: i64,
 ) -> Result<u64, sqlx::Error> {
+    let mut connection = bulk_connection(pool).await?;
+    let rebuilt = queries::rebuild_from_columns(&mut connection, aside, upto, current).await;
+    connection.close().await?;
+    rebuilt
+}
+
+/// A connection for one of a rebuild's sorts of the whole log (filling the aside table,
+/// indexing it), whose temporary data goes to files rather than memory: the pools keep it
+/// in memory (see `options`), which suits ingestion's small statement journals but would
+/// hold a whole sort. Close it after use, so the pool never hands its setting out.
+async fn bulk_connection(pool: &SqlitePool) -> Result<PoolConnection<Sqlite>, sqlx::Error> {
     let mut connection = pool.acquire().await?;
     sqlx::query("PRAGMA temp_store = FILE")
         .execute(&mut *connection)
         .await?;
-    let rebuilt = queries::rebuild_from_columns(&mut connection, aside, upto, current).await;
-    sqlx::query("PRAGMA temp_store = MEMORY")
-        .execute(&mut *connection)
-        .await?;
-    rebuilt
+    Ok(connection)
 }
 
 /// A rebuild's aside table, declared exactly like the live customer table: SQLite keeps
@@ -148,7 +154,10 @@ async fn index_aside(pool: &SqlitePool, aside: &str, token: &str) -> Result<(), 
             ON {aside} (account, livemode, email_key, customer_created, customer_id)
             WHERE deleted = FALSE AND email_key IS NOT NULL"
     );
-    sqlx::query(&ddl).execute(pool).await.map(drop)
+    let mut connection = bulk_connection(pool).await?;
+    let indexed = sqlx::query(&ddl).execute(&mut *connection).await.map(drop);
+    connection.close().await?;
+    indexed
 }
 
 /// A write transaction that holds SQLite's write lock from its first statement, so no
