@@ -9,8 +9,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::domain::{AccountId, EventId};
-use crate::domain::{CustomerId, EmailKey};
+use crate::domain::{AccountId, CustomerId, EmailKey, EventId};
 use crate::projection::{self, Effect, Projected, Snapshot, Version, PROJECTION_VERSION};
 use crate::store::{Difference, LogRecord, RebuildKind, Store, StoreError};
 use crate::stripe::event::{self, CustomerEvent};

@@ -357,8 +357,8 @@ impl Store {
         Ok(answers.pop().unwrap_or(Lookup::NotFound))
     }
 
-    /// Checkout's answers to several lookups, in order, read in one statement on
-    /// PostgreSQL (see `lookup_batch`). A lookup without livemode asks for both modes.
+    /// Checkout's answers to several lookups, in order, read in one statement (see
+    /// `lookup_batch`). A lookup without livemode asks for both modes.
     pub async fn lookup_many(&self, requests: &[LookupRequest]) -> Result<Vec<Lookup>, StoreError> {
         let keys: Vec<(&str, bool, &str)> = requests
             .iter()
