@@ -83,6 +83,7 @@ impl GroupCommitter {
 
 /// One batch: commit it, answer each caller.
 async fn commit(store: Store, batch: Vec<Job>) {
+    crate::metrics::batch_committed(batch.len());
     // One `append_many` takes one source; webhooks are the only caller today, so a mixed
     // batch is the rare case and is committed event by event.
     let source = batch[0].source;

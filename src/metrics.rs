@@ -21,6 +21,7 @@ const SIGNATURE_FAILURES: &str = "stripe_projector_signature_failures_total";
 const EVENTS_APPENDED: &str = "stripe_projector_events_appended_total";
 const PROJECTION_ERRORS: &str = "stripe_projector_projection_errors_total";
 const APPEND_DURATION: &str = "stripe_projector_append_duration_seconds";
+const COMMIT_BATCH: &str = "stripe_projector_commit_batch_events";
 const LOOKUPS: &str = "stripe_projector_lookups_total";
 const BUILD_INFO: &str = "stripe_projector_build_info";
 
@@ -89,6 +90,10 @@ const APPEND_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// Events per group-commit transaction: 1 when deliveries arrive one at a time, up to
+/// the committer's bound (512) under a burst.
+const COMMIT_BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
 /// How often histogram samples are folded into their buckets when nobody scrapes:
 /// without it an unscraped process would keep every sample.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -110,9 +115,14 @@ pub fn render() -> Option<String> {
 fn install_once() -> Option<PrometheusHandle> {
     let builder = match PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(APPEND_DURATION.to_owned()), &APPEND_BUCKETS)
-    {
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(
+                Matcher::Full(COMMIT_BATCH.to_owned()),
+                &COMMIT_BATCH_BUCKETS,
+            )
+        }) {
         Ok(builder) => builder,
-        // Only an empty bucket list is refused, and APPEND_BUCKETS is not empty.
+        // Only an empty bucket list is refused, and neither list is empty.
         Err(error) => {
             tracing::error!(%error, "metrics disabled: bad histogram buckets");
             return None;
@@ -164,6 +174,11 @@ fn describe_and_zero() {
         Unit::Seconds,
         "Time to append and project one event, commit included"
     );
+    describe_histogram!(
+        COMMIT_BATCH,
+        Unit::Count,
+        "Deliveries committed together in one group-commit transaction"
+    );
     describe_counter!(LOOKUPS, "Checkout lookups answered, by outcome");
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build");
     for outcome in WEBHOOK_OUTCOMES {
@@ -209,6 +224,12 @@ pub fn append_finished(
     if projection_error {
         counter!(PROJECTION_ERRORS).increment(1);
     }
+}
+
+/// Records the size of one group-commit transaction.
+pub fn batch_committed(events: usize) {
+    // Exact below 2^53, far beyond any batch.
+    ::metrics::histogram!(COMMIT_BATCH).record(events as f64);
 }
 
 /// The type as a label value: one of Stripe's `customer.*` types, else `other`.

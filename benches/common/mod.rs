@@ -203,6 +203,22 @@ impl Server {
         peak_rss_of(self.child.id())
     }
 
+    /// Events per group-commit transaction on average so far, from the server's metrics.
+    pub async fn mean_commit_batch(&self) -> f64 {
+        let mut connection = Connection::open(&self.addr).await;
+        connection
+            .request("GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n", b"")
+            .await;
+        let text = String::from_utf8_lossy(&connection.body);
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        value("stripe_projector_commit_batch_events_sum")
+            / value("stripe_projector_commit_batch_events_count").max(1.0)
+    }
+
     pub fn stop(mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])

@@ -233,6 +233,21 @@ async fn metrics_count_known_traffic_exactly() {
         ),
         7.0
     );
+    assert_eq!(
+        (
+            count(&after, "stripe_projector_commit_batch_events_count"),
+            count(&after, "stripe_projector_commit_batch_events_sum"),
+        ),
+        (7.0, 7.0),
+        "deliveries sent one after another commit one by one"
+    );
+    assert_eq!(
+        count(
+            &after,
+            r#"stripe_projector_commit_batch_events_bucket{le="1"}"#
+        ),
+        7.0
+    );
     for (outcome, expected) in [
         ("found", 1.0),
         ("not_found", 2.0),
