@@ -117,6 +117,57 @@ struct NumberedCustomer {
     customer: Customer,
 }
 
+/// One new row of the log, as an append writes it; `source` and `projection_version` are
+/// the same for a whole batch and travel separately. Serialized (as a JSON object) for
+/// SQLite, split into one array per column for PostgreSQL.
+#[derive(Debug, Serialize)]
+struct EventRow<'a> {
+    event_id: &'a str,
+    account: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    created: i64,
+    livemode: bool,
+    object_id: Option<&'a str>,
+    payload: &'a str,
+    /// The projection's columns: the snapshot, or why there is none.
+    customer_id: Option<&'a str>,
+    email: Option<&'a str>,
+    email_key: Option<&'a str>,
+    name: Option<&'a str>,
+    customer_created: Option<i64>,
+    version: Option<String>,
+    projection_error: Option<&'a str>,
+}
+
+impl<'a> EventRow<'a> {
+    fn new(event: &'a CustomerEvent, effect: &'a Effect) -> Self {
+        let snapshot = match effect {
+            Effect::Snapshot(snapshot) => Some(snapshot),
+            Effect::None | Effect::Error(_) => None,
+        };
+        Self {
+            event_id: event.id.as_str(),
+            account: event.account.as_str(),
+            event_type: &event.event_type,
+            created: event.created,
+            livemode: event.livemode,
+            object_id: event.object_id.as_deref(),
+            payload: &event.payload,
+            customer_id: snapshot.map(|s| s.customer_id.as_str()),
+            email: snapshot.and_then(|s| s.email.as_deref()),
+            email_key: snapshot.and_then(|s| s.email_key.as_ref().map(EmailKey::as_str)),
+            name: snapshot.and_then(|s| s.name.as_deref()),
+            customer_created: snapshot.map(|s| s.customer_created),
+            version: snapshot.map(|s| s.version.encode()),
+            projection_error: match effect {
+                Effect::Error(reason) => Some(reason),
+                Effect::Snapshot(_) | Effect::None => None,
+            },
+        }
+    }
+}
+
 /// Places each backend's numbered rows at their key's position; keys without a row are
 /// `None`.
 fn in_key_order(

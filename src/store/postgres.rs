@@ -2,16 +2,18 @@
 //!
 //! Concurrent deliveries of one event meet on the unique event id (`ON CONFLICT DO
 //! NOTHING`); concurrent snapshots of one customer meet on its row, where the conditional
-//! upsert keeps the newest. Each transaction locks at most one event id and one customer
-//! row, always in that order, so transactions cannot deadlock.
+//! upsert keeps the newest. Every append locks event ids in sorted order, then customer
+//! rows in key order (see `APPEND_BATCH`), so concurrent batches cannot deadlock.
 
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
-use super::{in_key_order, Customer, NumberedCustomer};
+use super::{in_key_order, Customer, EventRow, NumberedCustomer, Source};
+use crate::projection::PROJECTION_VERSION;
 
 type Db = Postgres;
 
@@ -51,6 +53,72 @@ impl PgStore {
     pub(super) async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         MIGRATOR.run(&self.pool).await
     }
+}
+
+/// A batch of appends as ONE statement, so one round trip and its own transaction: the
+/// events go in as one array per column (the text, and its prepared form, is the same for
+/// every batch), and the customer rows come from the events this statement stored, each
+/// customer's newest (`$17`) only. Locks are taken in one order: event ids sorted (the
+/// arrays are), then, once every event is in (the sort waits for all of them), customer
+/// rows sorted by key.
+static APPEND_BATCH: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH inserted AS (
+             {events}
+             SELECT *, $15, $16
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::boolean[],
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                         $11::text[], $12::bigint[], $13::text[], $14::text[])
+             ON CONFLICT (event_id) DO NOTHING
+             RETURNING seq, event_id, account, livemode, customer_id, email, email_key, name,
+                       customer_created, version, created
+         ), projected AS (
+             {customers}
+             SELECT account, livemode, customer_id, email, email_key, name, customer_created,
+                    substr(version, 1, 1) = '1', version, event_id, created
+             FROM inserted
+             WHERE version IS NOT NULL AND event_id = ANY($17::text[])
+             ORDER BY account, livemode, customer_id
+             {upsert}
+         )
+         SELECT seq, event_id FROM inserted",
+        events = queries::INSERT_EVENTS_HEAD,
+        customers = queries::UPSERT_CUSTOMERS_HEAD.replace("{table}", "customers"),
+        upsert = queries::UPSERT_CUSTOMERS_TAIL,
+    )
+});
+
+/// Appends `rows` and projects the events named in `newest` that were new, in one
+/// statement; returns `(seq, event_id)` of the rows that were new.
+pub(super) async fn append_rows(
+    pool: &PgPool,
+    rows: &[EventRow<'_>],
+    newest: &[String],
+    source: Source,
+) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    fn column<'r, T>(rows: &'r [EventRow<'_>], field: impl Fn(&'r EventRow<'_>) -> T) -> Vec<T> {
+        rows.iter().map(field).collect()
+    }
+    sqlx::query_as(&APPEND_BATCH)
+        .bind(column(rows, |r| r.event_id))
+        .bind(column(rows, |r| r.account))
+        .bind(column(rows, |r| r.event_type))
+        .bind(column(rows, |r| r.created))
+        .bind(column(rows, |r| r.livemode))
+        .bind(column(rows, |r| r.object_id))
+        .bind(column(rows, |r| r.payload))
+        .bind(column(rows, |r| r.customer_id))
+        .bind(column(rows, |r| r.email))
+        .bind(column(rows, |r| r.email_key))
+        .bind(column(rows, |r| r.name))
+        .bind(column(rows, |r| r.customer_created))
+        .bind(column(rows, |r| r.version.as_deref()))
+        .bind(column(rows, |r| r.projection_error))
+        .bind(source.as_str())
+        .bind(PROJECTION_VERSION)
+        .bind(newest)
+        .fetch_all(pool)
+        .await
 }
 
 /// Checkout's customer for each `(account, livemode, email key)`, in order, in one

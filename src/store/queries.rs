@@ -9,7 +9,7 @@ use crate::projection::{Effect, Projected, PROJECTION_VERSION};
 use crate::stripe::event::CustomerEvent;
 
 use crate::store::{
-    AppendOutcome, Difference, LogRecord, LoggedEvent, ProjectedCustomer, Source, Status,
+    AppendOutcome, Difference, EventRow, LogRecord, LoggedEvent, ProjectedCustomer, Source, Status,
 };
 
 /// Rule 5: the oldest live customer with this email, then the smallest id.
@@ -105,24 +105,25 @@ fn with_table(sql: &str, table: &str) -> String {
     sql.replace("{table}", table).replace("{aside}", table)
 }
 
-/// Rows per multi-row statement: a round trip per statement is what batching saves
-/// (SQLite runs each on its worker thread), and this stays far below both backends'
+/// Rows per multi-row statement of a rebuild's writes: far below both backends'
 /// bind-parameter limits.
 const ROWS_PER_STATEMENT: usize = 256;
 
-const INSERT_EVENTS_HEAD: &str = "
-    INSERT INTO events (event_id, account, type, created, livemode, object_id, source, payload,
+/// The columns of an event row, in the order of [`EventRow`]'s fields, then `source` and
+/// `projection_version`.
+pub(super) const INSERT_EVENTS_HEAD: &str = "
+    INSERT INTO events (event_id, account, type, created, livemode, object_id, payload,
                         customer_id, email, email_key, name, customer_created, version,
-                        projection_error, projection_version) ";
+                        projection_error, source, projection_version) ";
 
-const INSERT_EVENTS_TAIL: &str = " ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id";
-
-const UPSERT_CUSTOMERS_HEAD: &str = "
+pub(super) const UPSERT_CUSTOMERS_HEAD: &str = "
     INSERT INTO {table} AS c (account, livemode, customer_id, email, email_key, name,
                               customer_created, deleted, version, last_event_id,
                               last_event_created) ";
 
-const UPSERT_CUSTOMERS_TAIL: &str = "
+/// Keeps the newer snapshot of a customer row (rule 3); shared by every write of the
+/// customer table.
+pub(super) const UPSERT_CUSTOMERS_TAIL: &str = "
     ON CONFLICT (account, livemode, customer_id) DO UPDATE SET
         email = excluded.email,
         email_key = excluded.email_key,
@@ -150,9 +151,11 @@ fn statement_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
 }
 
 /// Appends many events in one transaction, each idempotent on its id (a repeat within the
-/// batch is a duplicate too), with multi-row statements. Locks are taken in one fixed
-/// order, event ids sorted, then customer rows sorted, so concurrent batches and single
-/// appends cannot deadlock. Outcomes are in input order.
+/// batch is a duplicate too), and projects them. The backend runs the whole batch as one
+/// command (see `append_rows` in sqlite.rs and postgres.rs): a round trip to the database
+/// is what a batch shares, so it pays one. Event ids go in sorted, and the customer rows
+/// each customer's newest snapshot, so concurrent batches take locks in one order.
+/// Outcomes are in input order.
 pub(in crate::store) async fn append_many(
     pool: &Pool<Db>,
     events: &[(&CustomerEvent, &Effect)],
@@ -162,78 +165,38 @@ pub(in crate::store) async fn append_many(
     let mut candidates: Vec<usize> = (0..events.len()).collect();
     candidates.sort_by(|&a, &b| events[a].0.id.cmp(&events[b].0.id));
     candidates.dedup_by(|later, earlier| events[*later].0.id == events[*earlier].0.id);
-    let mut tx = pool.begin().await?;
-    let mut stored = std::collections::HashMap::with_capacity(candidates.len());
-    for chunk in statement_chunks(&candidates) {
-        let chunk = chunk.iter().map(|&i| &events[i]);
-        stored.extend(insert_events(&mut tx, chunk, source).await?);
-    }
-    let mut outcomes = vec![AppendOutcome::Duplicate; events.len()];
-    let mut rows = Vec::new();
-    for i in candidates {
-        let (event, effect) = &events[i];
-        let Some(&seq) = stored.get(event.id.as_str()) else {
-            continue;
-        };
-        let projection_error = match effect {
-            Effect::Snapshot(snapshot) => {
-                rows.push(Projected::new(event, snapshot.clone()));
-                None
-            }
-            Effect::Error(reason) => Some(reason.clone()),
-            Effect::None => None,
-        };
-        outcomes[i] = AppendOutcome::Stored {
-            seq,
-            projection_error,
-        };
-    }
-    upsert_many(
-        &mut tx,
-        "customers",
-        &crate::projection::newest_per_customer(rows),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(outcomes)
-}
-
-/// Inserts events with one statement; returns the ids that were new, with their `seq`.
-async fn insert_events<'e>(
-    tx: &mut Transaction<'_, Db>,
-    events: impl Iterator<Item = &'e (&'e CustomerEvent, &'e Effect)>,
-    source: Source,
-) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    let mut query = sqlx::QueryBuilder::<Db>::new(INSERT_EVENTS_HEAD);
-    query.push_values(events, |mut row, (event, effect)| {
-        let snapshot = match effect {
-            Effect::Snapshot(snapshot) => Some(snapshot),
-            Effect::None | Effect::Error(_) => None,
-        };
-        let projection_error = match effect {
-            Effect::Error(reason) => Some(reason.as_str()),
-            Effect::Snapshot(_) | Effect::None => None,
-        };
-        row.push_bind(event.id.as_str())
-            .push_bind(event.account.as_str())
-            .push_bind(event.event_type.as_str())
-            .push_bind(event.created)
-            .push_bind(event.livemode)
-            .push_bind(event.object_id.as_deref())
-            .push_bind(source.as_str())
-            .push_bind(event.payload.as_str())
-            .push_bind(snapshot.map(|s| s.customer_id.as_str()))
-            .push_bind(snapshot.and_then(|s| s.email.as_deref()))
-            .push_bind(snapshot.and_then(|s| s.email_key.as_ref().map(|k| k.as_str())))
-            .push_bind(snapshot.and_then(|s| s.name.as_deref()))
-            .push_bind(snapshot.map(|s| s.customer_created))
-            .push_bind(snapshot.map(|s| s.version.encode()))
-            .push_bind(projection_error)
-            .push_bind(PROJECTION_VERSION);
+    let rows: Vec<EventRow> = candidates
+        .iter()
+        .map(|&i| EventRow::new(events[i].0, events[i].1))
+        .collect();
+    let snapshots = candidates.iter().filter_map(|&i| match events[i] {
+        (event, Effect::Snapshot(snapshot)) => Some(Projected::new(event, snapshot.clone())),
+        _ => None,
     });
-    query.push(INSERT_EVENTS_TAIL);
-    let inserted: Vec<(i64, String)> = query.build_query_as().fetch_all(&mut **tx).await?;
-    Ok(inserted.into_iter().map(|(seq, id)| (id, seq)).collect())
+    let newest: Vec<String> = crate::projection::newest_per_customer(snapshots.collect())
+        .into_iter()
+        .map(|row| row.snapshot.version.event_id.to_string())
+        .collect();
+    let stored: std::collections::HashMap<String, i64> =
+        super::append_rows(pool, &rows, &newest, source)
+            .await?
+            .into_iter()
+            .map(|(seq, id)| (id, seq))
+            .collect();
+    let mut outcomes = vec![AppendOutcome::Duplicate; events.len()];
+    for i in candidates {
+        let (event, effect) = events[i];
+        if let Some(&seq) = stored.get(event.id.as_str()) {
+            outcomes[i] = AppendOutcome::Stored {
+                seq,
+                projection_error: match effect {
+                    Effect::Error(reason) => Some(reason.clone()),
+                    Effect::Snapshot(_) | Effect::None => None,
+                },
+            };
+        }
+    }
+    Ok(outcomes)
 }
 
 /// Writes snapshots into `table` with multi-row statements, each row only where it is

@@ -12,7 +12,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
 
-use super::{in_key_order, Customer, NumberedCustomer};
+use super::{in_key_order, Customer, EventRow, NumberedCustomer, Source};
+use crate::projection::PROJECTION_VERSION;
 
 type Db = Sqlite;
 
@@ -69,6 +70,101 @@ impl SqliteStore {
 
     pub(super) async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         MIGRATOR.run(&self.writer).await
+    }
+}
+
+/// Appends `rows` and projects the events named in `newest`, in one transaction sent as
+/// ONE command to the connection's thread (sqlx runs each SQLite connection on a thread
+/// of its own, and on a busy machine each hand-over costs more than the statements).
+/// Returns `(seq, event_id)` of the rows that were new.
+///
+/// The rows are padded to a power of two with copies of the last one (a copy is a
+/// duplicate id, which inserts nothing and returns nothing), so ten command texts serve
+/// every batch size and stay prepared. The customer rows are read back from the log rows
+/// of each customer's newest event in the batch, so what is projected is what the log
+/// holds; for an event that was already there this rewrites nothing (its snapshot is
+/// already applied, or superseded).
+pub(super) async fn append_rows(
+    pool: &SqlitePool,
+    rows: &[EventRow<'_>],
+    newest: &[String],
+    source: Source,
+) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    let Some(last) = rows.last() else {
+        return Ok(Vec::new());
+    };
+    let padding = std::iter::repeat_n(last, rows.len().next_power_of_two() - rows.len());
+    let mut command = sqlx::QueryBuilder::<Sqlite>::new("BEGIN IMMEDIATE;");
+    command.push(queries::INSERT_EVENTS_HEAD);
+    command.push_values(rows.iter().chain(padding), |mut values, row| {
+        values
+            .push_bind(row.event_id)
+            .push_bind(row.account)
+            .push_bind(row.event_type)
+            .push_bind(row.created)
+            .push_bind(row.livemode)
+            .push_bind(row.object_id)
+            .push_bind(row.payload)
+            .push_bind(row.customer_id)
+            .push_bind(row.email)
+            .push_bind(row.email_key)
+            .push_bind(row.name)
+            .push_bind(row.customer_created)
+            .push_bind(row.version.as_deref())
+            .push_bind(row.projection_error)
+            .push_bind(source.as_str())
+            .push_bind(PROJECTION_VERSION);
+    });
+    command.push(" ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id;");
+    command.push(queries::UPSERT_CUSTOMERS_HEAD.replace("{table}", "customers"));
+    command.push(
+        "SELECT e.account, e.livemode, e.customer_id, e.email, e.email_key, e.name,
+                e.customer_created, substr(e.version, 1, 1) = '1', e.version, e.event_id,
+                e.created
+         FROM json_each(",
+    );
+    command.push_bind(to_json(newest)?);
+    command.push(
+        ") AS newest JOIN events AS e ON e.event_id = newest.value
+         WHERE e.version IS NOT NULL",
+    );
+    command.push(queries::UPSERT_CUSTOMERS_TAIL);
+    command.push("; COMMIT");
+    let mut connection = ClosedUnlessFinished(Some(pool.acquire().await?));
+    let stored = command.build_query_as().fetch_all(connection.get()).await?;
+    connection.finished();
+    Ok(stored)
+}
+
+fn to_json(value: &(impl serde::Serialize + ?Sized)) -> Result<String, sqlx::Error> {
+    serde_json::to_string(value).map_err(|e| sqlx::Error::Encode(e.into()))
+}
+
+/// A pooled connection running a transaction that its command began and ends itself,
+/// which sqlx does not track. Should the command fail, or its future be dropped half-way,
+/// the transaction may still be open, so the connection is closed (SQLite rolls back)
+/// rather than handed back to the pool; the pool opens a new one when needed.
+struct ClosedUnlessFinished(Option<PoolConnection<Sqlite>>);
+
+impl ClosedUnlessFinished {
+    fn get(&mut self) -> &mut sqlx::SqliteConnection {
+        // `Some` from construction until `finished` or `drop`, which both consume it.
+        self.0
+            .as_deref_mut()
+            .expect("connection present until finished")
+    }
+
+    /// The command ran to its end (`COMMIT`): the connection may serve again.
+    fn finished(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for ClosedUnlessFinished {
+    fn drop(&mut self) {
+        if let Some(connection) = self.0.take() {
+            drop(connection.detach());
+        }
     }
 }
 

@@ -3,8 +3,13 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
+use stripe_projector::domain::AccountId;
+use stripe_projector::projection;
+use stripe_projector::store::{AppendOutcome, Source};
+use stripe_projector::stripe::event::{self, Delivery};
+
 use crate::helpers::{
-    created, fixture, fixture_json, now, sign, AppConfig, Backend, TestApp, SECRET,
+    created, fixture, fixture_json, now, sign, AppConfig, Backend, TestApp, PLATFORM, SECRET,
 };
 
 async fn new_customer_event_is_stored_with_its_account_tag_and_raw_payload(backend: Backend) {
@@ -324,7 +329,84 @@ async fn a_concurrent_burst_is_stored_whole_and_one_bad_event_fails_nobody(backe
     );
 }
 
+/// The database refuses one event of a burst (a trigger here; a constraint or a value it
+/// cannot store in real life): only that delivery fails, with 503, and the batch it was
+/// in leaves no transaction open behind it: the store goes on, and another process can
+/// write at once.
+async fn an_event_the_database_refuses_fails_alone_and_leaves_no_transaction_open(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    app.db
+        .execute(match backend {
+            Backend::Sqlite => {
+                "CREATE TRIGGER refuse_one BEFORE INSERT ON events
+                 WHEN NEW.event_id = 'evt_refused'
+                 BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END"
+            }
+            Backend::Postgres => {
+                "CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN
+                     IF NEW.event_id = 'evt_refused' THEN
+                         RAISE EXCEPTION 'refused by a test trigger';
+                     END IF;
+                     RETURN NEW;
+                 END $$;
+                 CREATE TRIGGER refuse_one BEFORE INSERT ON events
+                 FOR EACH ROW EXECUTE FUNCTION refuse_one()"
+            }
+        })
+        .await;
+    let body = |id: &str, n: usize| {
+        created(
+            id,
+            "acct_1",
+            &format!("cus_{n:03}"),
+            &format!("r{n}@example.com"),
+            1,
+        )
+        .to_string()
+        .into_bytes()
+    };
+    let mut bodies: Vec<Vec<u8>> = (0..40)
+        .map(|n| body(&format!("evt_ok_{n:03}"), n))
+        .collect();
+    bodies.insert(20, body("evt_refused", 999));
+
+    let answers = futures_util::future::join_all(bodies.iter().map(|body| app.deliver(body))).await;
+
+    let refused = &answers[20];
+    assert_eq!(
+        (refused.0, &refused.1["error"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &json!("store_unavailable"))
+    );
+    let stored = answers
+        .iter()
+        .filter(|(status, body)| *status == StatusCode::OK && body["status"] == "stored")
+        .count();
+    assert_eq!(stored, 40, "{answers:?}");
+    let (status, _) = app.deliver(&body("evt_after", 1000)).await;
+    assert_eq!(status, StatusCode::OK);
+    let other_process = app.db.store().await;
+    let event = event::parse(
+        &body("evt_other_process", 1001),
+        &AccountId::parse(PLATFORM).unwrap(),
+    );
+    let Ok(Delivery::Customer(event)) = event else {
+        panic!("a customer event")
+    };
+    let effect = projection::effect_of(&event);
+    // Behind a transaction left open, SQLite would give up after its 5 s busy timeout.
+    let appended = other_process.append(&event, &effect, Source::Import).await;
+    assert!(
+        matches!(appended, Ok(AppendOutcome::Stored { .. })),
+        "another writer gets in: {appended:?}"
+    );
+    assert_eq!(app.store.status().await.unwrap().events, 42);
+}
+
 on_both_backends!(
+    an_event_the_database_refuses_fails_alone_and_leaves_no_transaction_open,
     new_customer_event_is_stored_with_its_account_tag_and_raw_payload,
     redelivery_is_stored_once_and_answered_duplicate,
     concurrent_deliveries_of_one_event_store_it_once,
