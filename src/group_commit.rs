@@ -4,17 +4,20 @@
 //! whatever it holds. Deliveries therefore queue here, and a committer takes everything
 //! queued (up to a bound) into one transaction. Nobody waits for a batch to fill: a lone
 //! delivery is committed at once, and batches grow only while a commit is in progress.
-//! Each caller is answered after the transaction holding its event has committed, so
-//! acknowledging stays durable. Duplicates are detected within a batch and across
+//! Each caller is answered after the transaction holding its event has committed and
+//! the log is flushed, so acknowledging stays durable; the flush of one batch overlaps the
+//! writing of the next. Duplicates are detected within a batch and across
 //! batches by the store, and an event that cannot be projected is data, not a failure.
 //! If a batch fails as a whole, its events are retried one by one, so one bad event
 //! cannot fail its neighbours.
+
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::batch_queue;
 use crate::projection::Effect;
-use crate::store::{AppendOutcome, Source, Store, StoreError};
+use crate::store::{record_appends, AppendOutcome, Source, Store, StoreError};
 use crate::stripe::event::CustomerEvent;
 
 /// Events per transaction at most: bounds a transaction's length and its locks.
@@ -81,7 +84,9 @@ impl GroupCommitter {
     }
 }
 
-/// One batch: commit it, answer each caller.
+/// One batch: commit it, then answer each caller once it is durable. The flush runs on a
+/// task of its own, so the committer writes the next batch meanwhile (see
+/// [`Store::flush_log`]).
 async fn commit(store: Store, batch: Vec<Job>) {
     crate::metrics::batch_committed(batch.len());
     // One `append_many` takes one source; webhooks are the only caller today, so a mixed
@@ -94,16 +99,31 @@ async fn commit(store: Store, batch: Vec<Job>) {
         }
         return;
     }
+    let started = Instant::now();
     let (events, replies): (Vec<_>, Vec<_>) = batch
         .into_iter()
         .map(|job| ((job.event, job.effect), job.reply))
         .unzip();
-    match store.append_many(&events, source).await {
+    let refs: Vec<_> = events
+        .iter()
+        .map(|(event, effect)| (event, effect))
+        .collect();
+    match store.append_unflushed(&refs, source).await {
         Ok(outcomes) => {
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                // A caller that went away (client disconnected) needs no answer.
-                let _ = reply.send(Ok(outcome));
-            }
+            tokio::spawn(async move {
+                if let Err(error) = store.flush_log().await {
+                    return batch_queue::fail_all(replies, error);
+                }
+                let refs: Vec<_> = events
+                    .iter()
+                    .map(|(event, effect)| (event, effect))
+                    .collect();
+                record_appends(&refs, source, started, &outcomes);
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    // A caller that went away (client disconnected) needs no answer.
+                    let _ = reply.send(Ok(outcome));
+                }
+            });
         }
         // Only a statement the database refused can be one event's fault; a lost
         // connection or a full pool fails everyone alike, at once.

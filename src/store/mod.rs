@@ -303,19 +303,23 @@ pub struct Status {
     pub projection_errors: i64,
 }
 
-fn record_append(
-    event: &CustomerEvent,
+/// Counts a batch's appends, once durable: each event waited for the whole batch.
+pub(crate) fn record_appends(
+    events: &[(&CustomerEvent, &Effect)],
     source: Source,
-    elapsed: std::time::Duration,
-    outcome: &AppendOutcome,
+    started: Instant,
+    outcomes: &[AppendOutcome],
 ) {
-    let (stored, projection_error) = match outcome {
-        AppendOutcome::Stored {
-            projection_error, ..
-        } => (true, projection_error.is_some()),
-        AppendOutcome::Duplicate => (false, false),
-    };
-    metrics::append_finished(&event.event_type, source, elapsed, stored, projection_error);
+    let elapsed = started.elapsed();
+    for ((event, _), outcome) in events.iter().zip(outcomes) {
+        let (stored, projection_error) = match outcome {
+            AppendOutcome::Stored {
+                projection_error, ..
+            } => (true, projection_error.is_some()),
+            AppendOutcome::Duplicate => (false, false),
+        };
+        metrics::append_finished(&event.event_type, source, elapsed, stored, projection_error);
+    }
 }
 
 /// The store: an event log and its projection, on one of the two backends.
@@ -373,23 +377,43 @@ impl Store {
         self.append_refs(&events, source).await
     }
 
-    /// Measured here, the one path every source (webhook, import, API) appends through.
+    /// The one path every source (webhook, import, API) appends through: durable before
+    /// it returns.
     async fn append_refs(
         &self,
         events: &[(&CustomerEvent, &Effect)],
         source: Source,
     ) -> Result<Vec<AppendOutcome>, StoreError> {
         let started = Instant::now();
-        let outcomes = match self {
+        let outcomes = self.append_unflushed(events, source).await?;
+        self.flush_log().await?;
+        record_appends(events, source, started, &outcomes);
+        Ok(outcomes)
+    }
+
+    /// Appends and projects in one transaction, committed (readers see it) but durable
+    /// only once [`Store::flush_log`] returns after it. Group commit writes the next batch
+    /// while this one is flushed, and answers nobody before.
+    pub(crate) async fn append_unflushed(
+        &self,
+        events: &[(&CustomerEvent, &Effect)],
+        source: Source,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        Ok(match self {
             Self::Sqlite(s) => sqlite::queries::append_many(&s.writer, events, source).await?,
             Self::Postgres(s) => postgres::queries::append_many(&s.pool, events, source).await?,
-        };
-        // Each event of the batch waited for the batch's commit.
-        let elapsed = started.elapsed();
-        for ((event, _), outcome) in events.iter().zip(&outcomes) {
-            record_append(event, source, elapsed, outcome);
+        })
+    }
+
+    /// Makes every append committed so far durable. SQLite commits without flushing its
+    /// log under the write lock (see `sqlite.rs`), so this flushes it; a PostgreSQL commit
+    /// is already durable when it returns.
+    pub async fn flush_log(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(s) => s.flush_log().await?,
+            Self::Postgres(_) => {}
         }
-        Ok(outcomes)
+        Ok(())
     }
 
     /// The customer checkout should use for this email on this account.
