@@ -57,7 +57,7 @@ fn main() {
             "ingest {}: {total} requests ({events} distinct events, {prefill} already in the log) \
              at concurrency {concurrency}: {rate:.0} events/s, p50 {:.2} ms, p90 {:.2} ms, \
              p99 {:.2} ms, max {:.2} ms, {failures} non-2xx, {:.1} events per commit, \
-             server peak RSS {:.0} MiB, {cpu}",
+             server peak RSS {:.0} MiB ({:.0} MiB anonymous at the end), {cpu}",
             db.label,
             latencies.percentile_ms(0.50),
             latencies.percentile_ms(0.90),
@@ -65,6 +65,7 @@ fn main() {
             latencies.percentile_ms(1.0),
             server.mean_commit_batch().await,
             server.peak_rss_mib(),
+            server.anon_rss_mib(),
         );
         server.stop();
         db.drop_database().await;

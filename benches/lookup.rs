@@ -38,7 +38,7 @@ fn main() {
         println!(
             "lookup {}: {total} lookups over {customers} customers at concurrency {concurrency}: \
              {:.0} lookups/s, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms \
-             ({not_found} were 404 by design), server peak RSS {:.0} MiB, {cpu}",
+             ({not_found} were 404 by design), server peak RSS {:.0} MiB ({:.0} MiB anonymous at the end), {cpu}",
             db.label,
             total as f64 / elapsed.as_secs_f64(),
             latencies.percentile_ms(0.50),
@@ -46,6 +46,7 @@ fn main() {
             latencies.percentile_ms(0.99),
             latencies.percentile_ms(1.0),
             server.peak_rss_mib(),
+            server.anon_rss_mib(),
         );
         server.stop();
         db.drop_database().await;

@@ -50,13 +50,13 @@ impl GroupCommitter {
     /// Starts the committers on the current Tokio runtime: one for SQLite (it has one
     /// writer), several for PostgreSQL so that one batch gathers while another commits.
     pub fn start(store: &Store) -> Self {
-        let committers = match store {
-            Store::Sqlite(_) => 1,
-            Store::Postgres(_) => 4,
+        let (committers, checkpoints) = match store {
+            Store::Sqlite(_) => (1, Some(start_checkpointer(store.clone()))),
+            Store::Postgres(_) => (4, None),
         };
         let store = store.clone();
         let jobs = batch_queue::spawn(committers, QUEUE, MAX_BATCH, move |batch| {
-            commit(store.clone(), batch)
+            commit(store.clone(), batch, checkpoints.clone())
         });
         Self { jobs }
     }
@@ -84,10 +84,27 @@ impl GroupCommitter {
     }
 }
 
+/// SQLite: copies the log into the database file on a task of its own, after commits, so
+/// the single writer seldom has to (it still does when the log passes 16 MiB, which then
+/// takes little, and lets the log start over). A signal that arrives while a checkpoint
+/// runs is kept (capacity 1), so the last commit is always followed by one. Stops when
+/// the committers do.
+fn start_checkpointer(store: Store) -> mpsc::Sender<()> {
+    let (signal, mut due) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while due.recv().await.is_some() {
+            if let Err(error) = store.checkpoint().await {
+                tracing::warn!(%error, "background checkpoint failed; the writer will do it");
+            }
+        }
+    });
+    signal
+}
+
 /// One batch: commit it, then answer each caller once it is durable. The flush runs on a
 /// task of its own, so the committer writes the next batch meanwhile (see
 /// [`Store::flush_log`]).
-async fn commit(store: Store, batch: Vec<Job>) {
+async fn commit(store: Store, batch: Vec<Job>, checkpoints: Option<mpsc::Sender<()>>) {
     crate::metrics::batch_committed(batch.len());
     // One `append_many` takes one source; webhooks are the only caller today, so a mixed
     // batch is the rare case and is committed event by event.
@@ -110,6 +127,10 @@ async fn commit(store: Store, batch: Vec<Job>) {
         .collect();
     match store.append_unflushed(&refs, source).await {
         Ok(outcomes) => {
+            if let Some(checkpoints) = checkpoints {
+                // Full means one is already due.
+                let _ = checkpoints.try_send(());
+            }
             tokio::spawn(async move {
                 if let Err(error) = store.flush_log().await {
                     return batch_queue::fail_all(replies, error);

@@ -203,6 +203,13 @@ impl Server {
         peak_rss_of(self.child.id())
     }
 
+    /// Resident memory of the process's own (anonymous) pages now, in MiB: the resident
+    /// figure without the file pages SQLite's memory map brings in, which are the OS's
+    /// file cache.
+    pub fn anon_rss_mib(&self) -> f64 {
+        status_mib(self.child.id(), "RssAnon:")
+    }
+
     /// Events per group-commit transaction on average so far, from the server's metrics.
     pub async fn mean_commit_batch(&self) -> f64 {
         let mut connection = Connection::open(&self.addr).await;
@@ -300,10 +307,15 @@ impl CpuUse {
 }
 
 pub fn peak_rss_of(pid: u32) -> f64 {
+    status_mib(pid, "VmHWM:")
+}
+
+/// A memory figure of /proc/PID/status, in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }

@@ -405,6 +405,17 @@ impl Store {
         })
     }
 
+    /// SQLite: copies what it can of the write-ahead log into the database file without
+    /// waiting for readers or blocking the writer (a passive checkpoint). Nothing to do on
+    /// PostgreSQL.
+    pub(crate) async fn checkpoint(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(s) => s.checkpoint().await?,
+            Self::Postgres(_) => {}
+        }
+        Ok(())
+    }
+
     /// Makes every append committed so far durable. SQLite commits without flushing its
     /// log under the write lock (see `sqlite.rs`), so this flushes it; a PostgreSQL commit
     /// is already durable when it returns.
