@@ -135,11 +135,8 @@ async fn commit(store: Store, batch: Vec<Job>, checkpoints: Option<mpsc::Sender<
                 if let Err(error) = store.flush_log().await {
                     return batch_queue::fail_all(replies, error);
                 }
-                let refs: Vec<_> = events
-                    .iter()
-                    .map(|(event, effect)| (event, effect))
-                    .collect();
-                record_appends(&refs, source, started, &outcomes);
+                let events = events.iter().map(|(event, _)| event);
+                record_appends(events, source, started, &outcomes);
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     // A caller that went away (client disconnected) needs no answer.
                     let _ = reply.send(Ok(outcome));

@@ -304,14 +304,14 @@ pub struct Status {
 }
 
 /// Counts a batch's appends, once durable: each event waited for the whole batch.
-pub(crate) fn record_appends(
-    events: &[(&CustomerEvent, &Effect)],
+pub(crate) fn record_appends<'e>(
+    events: impl IntoIterator<Item = &'e CustomerEvent>,
     source: Source,
     started: Instant,
     outcomes: &[AppendOutcome],
 ) {
     let elapsed = started.elapsed();
-    for ((event, _), outcome) in events.iter().zip(outcomes) {
+    for (event, outcome) in events.into_iter().zip(outcomes) {
         let (stored, projection_error) = match outcome {
             AppendOutcome::Stored {
                 projection_error, ..
@@ -387,7 +387,12 @@ impl Store {
         let started = Instant::now();
         let outcomes = self.append_unflushed(events, source).await?;
         self.flush_log().await?;
-        record_appends(events, source, started, &outcomes);
+        record_appends(
+            events.iter().map(|(event, _)| *event),
+            source,
+            started,
+            &outcomes,
+        );
         Ok(outcomes)
     }
 

@@ -53,11 +53,7 @@ pub(super) fn options(url: &str) -> Result<SqliteConnectOptions, sqlx::Error> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(BUSY_TIMEOUT)
-        // Each commit writes whole pages to the log, and event ids and customer keys are
-        // random, so each event dirties about three index pages of its own: 4 KiB pages
-        // write, checksum and flush a quarter of what 16 KiB pages did (a database keeps
-        // the page size it was created with).
-        .page_size(4_096)
+        .page_size(16_384)
         // Statement journals (one per multi-row write) in memory, not a file created and
         // deleted per transaction.
         .pragma("temp_store", "memory"))
@@ -78,10 +74,7 @@ impl SqliteStore {
                 options
                     .clone()
                     .synchronous(SqliteSynchronous::Normal)
-                    .pragma("mmap_size", "67108864")
-                    // Copy the log into the database file every 16 MiB of log, not every
-                    // 4 MiB (SQLite's 1,000 pages): each copy stalls the writer.
-                    .pragma("wal_autocheckpoint", "4000"),
+                    .pragma("mmap_size", "67108864"),
             )
             .await?;
         let reader = SqlitePoolOptions::new()

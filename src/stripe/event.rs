@@ -58,8 +58,11 @@ pub enum PayloadError {
 
 /// Parses verified bytes. `platform` tags events that carry no `account`.
 pub fn parse(body: &[u8], platform: &AccountId) -> Result<Delivery, PayloadError> {
+    // UTF-8 is checked once, here: the parser then reads a `str`, and the payload is a
+    // plain copy of it.
+    let text = std::str::from_utf8(body).map_err(|e| PayloadError::NotJson(e.to_string()))?;
     let value: Value =
-        serde_json::from_slice(body).map_err(|e| PayloadError::NotJson(e.to_string()))?;
+        serde_json::from_str(text).map_err(|e| PayloadError::NotJson(e.to_string()))?;
     let Value::Object(mut envelope) = value else {
         return Err(PayloadError::NotAnObject);
     };
@@ -104,8 +107,7 @@ pub fn parse(body: &[u8], platform: &AccountId) -> Result<Delivery, PayloadError
     {
         return Err(PayloadError::ControlCharacter("data.object.id"));
     }
-    // from_slice accepted the bytes, so they are UTF-8; the lossy form is never taken.
-    let payload = String::from_utf8_lossy(body).into_owned();
+    let payload = text.to_owned();
     Ok(Delivery::Customer(CustomerEvent {
         id,
         event_type,
