@@ -83,8 +83,8 @@ const CUSTOMER_EVENT_TYPES: [&str; 21] = [
     "customer.tax_id.deleted",
 ];
 
-/// Append latency buckets, in seconds: a healthy commit takes milliseconds (SQLite with
-/// `synchronous=FULL` pays an fsync); the top buckets catch a database near the 3 s
+/// Append latency buckets, in seconds: a healthy commit takes milliseconds (on SQLite it
+/// includes the fsync of its log); the top buckets catch a database near the 3 s
 /// acquire timeout, where Stripe deliveries start to fail.
 const APPEND_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,

@@ -118,13 +118,12 @@ struct NumberedCustomer {
 }
 
 /// One new row of the log, as an append writes it; `source` and `projection_version` are
-/// the same for a whole batch and travel separately. Serialized (as a JSON object) for
-/// SQLite, split into one array per column for PostgreSQL.
-#[derive(Debug, Serialize)]
+/// the same for a whole batch and travel separately. Bound row by row on SQLite, as one
+/// array per column on PostgreSQL.
+#[derive(Debug)]
 struct EventRow<'a> {
     event_id: &'a str,
     account: &'a str,
-    #[serde(rename = "type")]
     event_type: &'a str,
     created: i64,
     livemode: bool,
