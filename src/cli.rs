@@ -496,13 +496,13 @@ async fn replay(database_url: &str, args: ReplayArgs) -> Result<ExitCode, Failur
             ExitCode::from(1)
         });
     }
-    let status = store
-        .status()
+    let counts = store
+        .customer_counts()
         .await
-        .map_err(|e| Failure::runtime("cannot read status", e))?;
+        .map_err(|e| Failure::runtime("cannot count customers", e))?;
     println!(
         "replayed {} events into {} customers ({} deleted) in {seconds:.2} s",
-        report.events, status.customers, status.deleted_customers
+        report.events, counts.customers, counts.deleted_customers
     );
     Ok(ExitCode::SUCCESS)
 }

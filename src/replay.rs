@@ -52,9 +52,9 @@ pub async fn rebuild(
 ) -> Result<ReplayReport, StoreError> {
     let started = Instant::now();
     let rebuild = store.start_rebuild(kind).await?;
-    let total = store.count_events_upto(rebuild.horizon).await?;
-    progress.start(u64::try_from(total).unwrap_or_default());
-    let events = u64::try_from(total).unwrap_or_default();
+    let log = store.log_summary(rebuild.horizon).await?;
+    let events = u64::try_from(log.events).unwrap_or_default();
+    progress.start(events);
     // Events the current projection extracted: their stored columns, in one statement.
     store
         .rebuild_from_columns(&rebuild, PROJECTION_VERSION)
@@ -63,7 +63,10 @@ pub async fn rebuild(
     // page by page; the upsert keeps each customer's newest snapshot across both.
     let mut batch = Vec::new();
     let mut after = 0;
-    loop {
+    let stale = log
+        .oldest_projection
+        .is_some_and(|v| v < PROJECTION_VERSION);
+    while stale {
         let page = store
             .log_page(after, rebuild.horizon, PAGE, PROJECTION_VERSION, true)
             .await?;

@@ -249,6 +249,14 @@ pub struct LogRecord {
     pub payload: Option<String>,
 }
 
+/// The part of the log up to a rebuild's horizon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct LogSummary {
+    pub events: i64,
+    /// The oldest `PROJECTION_VERSION` among them; `None` when there are none.
+    pub oldest_projection: Option<i64>,
+}
+
 /// A customer row on which a rebuild and the live table disagree. `expected_*` are the
 /// rebuild's (absent: the rebuild has no such customer), `actual_*` the live table's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -283,7 +291,11 @@ pub struct Rebuild {
 
 impl Rebuild {
     fn table(&self) -> &'static str {
-        match self.kind {
+        Self::table_for(self.kind)
+    }
+
+    fn table_for(kind: RebuildKind) -> &'static str {
+        match kind {
             RebuildKind::Replace => "customers_rebuild",
             RebuildKind::Verify => "customers_verify",
         }
@@ -300,6 +312,13 @@ pub struct Status {
     /// the append transaction, so this is the newest event in the log.
     pub projection_position: i64,
     pub projection_errors: i64,
+}
+
+/// The customer table's size, as `replay` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct CustomerCounts {
+    pub customers: i64,
+    pub deleted_customers: i64,
 }
 
 /// Counts a batch's appends, once durable: each event waited for the whole batch.
@@ -499,6 +518,14 @@ impl Store {
         })
     }
 
+    /// How many customers the table holds, live and deleted (cheaper than `status`).
+    pub async fn customer_counts(&self) -> Result<CustomerCounts, StoreError> {
+        Ok(match self {
+            Self::Sqlite(s) => sqlite::queries::customer_counts(&s.reader).await?,
+            Self::Postgres(s) => postgres::queries::customer_counts(&s.pool).await?,
+        })
+    }
+
     pub async fn status(&self) -> Result<Status, StoreError> {
         Ok(match self {
             Self::Sqlite(s) => sqlite::queries::status(&s.reader).await?,
@@ -510,24 +537,23 @@ impl Store {
     /// an interrupted rebuild of the same kind is dropped.
     pub async fn start_rebuild(&self, kind: RebuildKind) -> Result<Rebuild, StoreError> {
         let token = chrono::Utc::now().timestamp_micros().to_string();
-        let mut rebuild = Rebuild {
+        let table = Rebuild::table_for(kind);
+        let horizon = match self {
+            Self::Sqlite(s) => sqlite::queries::start_rebuild(&s.writer, table).await?,
+            Self::Postgres(s) => postgres::queries::start_rebuild(&s.pool, table).await?,
+        };
+        Ok(Rebuild {
             kind,
             token,
-            horizon: 0,
-        };
-        let (table, token) = (rebuild.table(), rebuild.token.as_str());
-        rebuild.horizon = match self {
-            Self::Sqlite(s) => sqlite::queries::start_rebuild(&s.writer, table, token).await?,
-            Self::Postgres(s) => postgres::queries::start_rebuild(&s.pool, table, token).await?,
-        };
-        Ok(rebuild)
+            horizon,
+        })
     }
 
-    /// How many events a rebuild reads before it blocks appends.
-    pub async fn count_events_upto(&self, upto: i64) -> Result<i64, StoreError> {
+    /// The part of the log a rebuild reads before it blocks appends.
+    pub async fn log_summary(&self, upto: i64) -> Result<LogSummary, StoreError> {
         Ok(match self {
-            Self::Sqlite(s) => sqlite::queries::count_events_upto(&s.reader, upto).await?,
-            Self::Postgres(s) => postgres::queries::count_events_upto(&s.pool, upto).await?,
+            Self::Sqlite(s) => sqlite::queries::log_summary(&s.reader, upto).await?,
+            Self::Postgres(s) => postgres::queries::log_summary(&s.pool, upto).await?,
         })
     }
 
@@ -560,15 +586,13 @@ impl Store {
         rebuild: &Rebuild,
         current: i64,
     ) -> Result<u64, StoreError> {
-        let (table, upto) = (rebuild.table(), rebuild.horizon);
+        let (table, token, upto) = (rebuild.table(), rebuild.token.as_str(), rebuild.horizon);
         Ok(match self {
             Self::Sqlite(s) => {
                 sqlite::rebuild_from_columns(&s.writer, table, upto, current).await?
             }
             Self::Postgres(s) => {
-                let mut connection = s.pool.acquire().await?;
-                postgres::queries::rebuild_from_columns(&mut connection, table, upto, current)
-                    .await?
+                postgres::rebuild_from_columns(&s.pool, table, token, upto, current).await?
             }
         })
     }

@@ -152,22 +152,61 @@ pub(super) async fn canonical_many(
     in_key_order(rows, keys.len())
 }
 
-/// A rebuild's aside table, shaped like the live customer table (columns, collations,
-/// NOT NULL), with a primary key named per rebuild: constraint names outlive a rename.
-async fn create_aside(pool: &PgPool, aside: &str, token: &str) -> Result<(), sqlx::Error> {
+/// Every customer's newest snapshot among the events up to `{upto}` that the current
+/// projection (`{current}`) extracted, as a new table: one sort of the log by key, newest
+/// first, keeping the first row of each key. `CREATE TABLE ... AS` may scan and sort on
+/// parallel workers, which `INSERT ... SELECT` may not (1.7 s of 4.5 s saved on a million
+/// events). Its columns are the live table's, in order, with their types and collations;
+/// [`rebuild_from_columns`] adds the constraints.
+const REBUILD_FROM_COLUMNS: &str = "
+    CREATE TABLE {aside} AS
+    SELECT DISTINCT ON (account, livemode, customer_id)
+           account, livemode, customer_id, email, email_key, name, customer_created,
+           substr(version, 1, 1) = '1' AS deleted, version, event_id AS last_event_id,
+           created AS last_event_created
+    FROM events
+    WHERE seq <= {upto} AND projection_version >= {current} AND version IS NOT NULL
+    ORDER BY account, livemode, customer_id, version DESC";
+
+/// Creates and fills the aside table (see [`REBUILD_FROM_COLUMNS`]), then gives it the
+/// live table's NOT NULL columns and its primary key, in one pass over the filled table:
+/// cheaper than growing the key row by row. The key is named per rebuild, since
+/// constraint names outlive a table rename.
+pub(super) async fn rebuild_from_columns(
+    pool: &PgPool,
+    aside: &str,
+    token: &str,
+    upto: i64,
+    current: i64,
+) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query(&format!(
-        "CREATE TABLE {aside} (LIKE customers INCLUDING DEFAULTS)"
-    ))
-    .execute(&mut *tx)
+    // One statement over the whole log, run once: compiling it would cost more than it
+    // saves.
+    sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await?;
+    // A utility statement takes no parameters: the bounds are integers, written in.
+    let fill = REBUILD_FROM_COLUMNS
+        .replace("{aside}", aside)
+        .replace("{upto}", &upto.to_string())
+        .replace("{current}", &current.to_string());
+    let rows = sqlx::query(&fill).execute(&mut *tx).await?.rows_affected();
+    let not_null: Vec<String> = sqlx::query_scalar(
+        "SELECT attname::text FROM pg_attribute
+         WHERE attrelid = 'customers'::regclass AND attnum > 0 AND NOT attisdropped
+           AND attnotnull
+         ORDER BY attnum",
+    )
+    .fetch_all(&mut *tx)
     .await?;
-    sqlx::query(&format!(
-        "ALTER TABLE {aside} ADD CONSTRAINT customers_pkey_{token}
-            PRIMARY KEY (account, livemode, customer_id)"
-    ))
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
+    let mut constraints = format!("ALTER TABLE {aside} ");
+    for column in not_null {
+        constraints.push_str(&format!("ALTER COLUMN {column} SET NOT NULL, "));
+    }
+    constraints.push_str(&format!(
+        "ADD CONSTRAINT customers_pkey_{token} PRIMARY KEY (account, livemode, customer_id)"
+    ));
+    sqlx::query(&constraints).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(rows)
 }
 
 /// Checkout's index on the aside table, named per rebuild like its primary key.

@@ -9,7 +9,7 @@ use crate::projection::{Effect, Projected, PROJECTION_VERSION};
 use crate::stripe::event::CustomerEvent;
 
 use crate::store::{
-    AppendOutcome, Difference, EventRow, LogRecord, LoggedEvent, ProjectedCustomer, Source, Status,
+    AppendOutcome, CustomerCounts, Difference, EventRow, LogRecord, LogSummary, LoggedEvent, ProjectedCustomer, Source, Status,
 };
 
 /// Rule 5: the oldest live customer with this email, then the smallest id.
@@ -51,23 +51,6 @@ const STALE_LOG_RANGE: &str = "
     WHERE seq > $1 AND seq <= $2 AND projection_version < $3
     ORDER BY seq
     LIMIT $4";
-
-/// Every customer's newest snapshot among the events up to `$1` that the current
-/// projection (`$2`) extracted, in one statement, in key order (so the primary key is
-/// filled by appending).
-const REBUILD_FROM_COLUMNS: &str = "
-    INSERT INTO {aside} (account, livemode, customer_id, email, email_key, name,
-                         customer_created, deleted, version, last_event_id, last_event_created)
-    SELECT account, livemode, customer_id, email, email_key, name, customer_created,
-           substr(version, 1, 1) = '1', version, event_id, created
-    FROM (SELECT account, livemode, customer_id, email, email_key, name, customer_created,
-                 version, event_id, created,
-                 ROW_NUMBER() OVER (PARTITION BY account, livemode, customer_id
-                                    ORDER BY version DESC) AS newest
-          FROM events
-          WHERE seq <= $1 AND projection_version >= $2 AND version IS NOT NULL) AS snapshots
-    WHERE newest = 1
-    ORDER BY account, livemode, customer_id";
 
 /// Rows that differ between a rebuilt table and the live one, both ways.
 const DIFFERENCES: &str = "
@@ -262,14 +245,34 @@ async fn last_seq(tx: &mut Transaction<'_, Db>) -> Result<i64, sqlx::Error> {
         .await
 }
 
-pub(in crate::store) async fn count_events_upto(
+/// The customer table's rows, live and deleted: one pass over the table, without the
+/// counts over the log that [`STATUS`] makes.
+pub(in crate::store) async fn customer_counts(
+    pool: &Pool<Db>,
+) -> Result<CustomerCounts, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT COUNT(*) - COALESCE(SUM(CASE WHEN deleted THEN 1 ELSE 0 END), 0) AS customers,
+                COALESCE(SUM(CASE WHEN deleted THEN 1 ELSE 0 END), 0) AS deleted_customers
+         FROM customers",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// The part of the log a rebuild reads freely: how many events, and the oldest
+/// projection that extracted their columns (none when the log is empty). One pass over
+/// the log, so a rebuild reads it in full twice only when some events must be parsed again.
+pub(in crate::store) async fn log_summary(
     pool: &Pool<Db>,
     upto: i64,
-) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE seq <= $1")
-        .bind(upto)
-        .fetch_one(pool)
-        .await
+) -> Result<LogSummary, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT COUNT(*) AS events, MIN(projection_version) AS oldest_projection
+         FROM events WHERE seq <= $1",
+    )
+    .bind(upto)
+    .fetch_one(pool)
+    .await
 }
 
 /// One page of the log in sequence order: a rebuild reads the log page by page, so
@@ -319,21 +322,6 @@ pub(in crate::store) async fn write_rows(
     tx.commit().await
 }
 
-/// Fills the aside table from the stored columns; returns the rows written.
-pub(in crate::store) async fn rebuild_from_columns(
-    connection: &mut sqlx::pool::PoolConnection<Db>,
-    aside: &str,
-    upto: i64,
-    current: i64,
-) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(&with_table(REBUILD_FROM_COLUMNS, aside))
-        .bind(upto)
-        .bind(current)
-        .execute(&mut **connection)
-        .await?;
-    Ok(done.rows_affected())
-}
-
 async fn differences(
     tx: &mut Transaction<'_, Db>,
     aside: &str,
@@ -372,17 +360,16 @@ pub(in crate::store) async fn prune_superseded(
     Ok(done.rows_affected())
 }
 
-/// Starts a rebuild: a fresh aside table, and the horizon up to which the log is read
-/// without blocking anyone. The horizon is taken while appends are blocked, so every
+/// Starts a rebuild: drops any aside table an interrupted one left, and takes the horizon
+/// up to which the log is read without blocking anyone (the backend's
+/// `rebuild_from_columns` then creates the aside table). The horizon is taken while appends are blocked, so every
 /// event at or below it has committed (a PostgreSQL sequence value is taken at insert and
 /// may commit late; no such straggler can hide below the horizon).
 pub(in crate::store) async fn start_rebuild(
     writer: &Pool<Db>,
     aside: &str,
-    token: &str,
 ) -> Result<i64, sqlx::Error> {
     drop_table(writer, aside).await?;
-    super::create_aside(writer, aside, token).await?;
     let mut tx = super::begin_locked(writer).await?;
     let horizon = last_seq(&mut tx).await?;
     tx.commit().await?;

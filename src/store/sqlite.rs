@@ -249,18 +249,38 @@ pub(super) async fn canonical_many(
     in_key_order(rows, keys.len())
 }
 
-/// The rebuild's one statement (see `queries::rebuild_from_columns`), on a connection
-/// whose sorts spill to files (see [`bulk_connection`]).
+/// Every customer's newest snapshot among the events up to `$1` that the current
+/// projection (`$2`) extracted, in key order (so the primary key fills by appending). One
+/// sorted aggregation: in a group with a single `max()`, SQLite takes the other columns
+/// from the row holding the maximum (its documented "bare column" rule).
+const REBUILD_FROM_COLUMNS: &str = "
+    INSERT INTO {aside} (account, livemode, customer_id, email, email_key, name,
+                         customer_created, deleted, version, last_event_id, last_event_created)
+    SELECT account, livemode, customer_id, email, email_key, name, customer_created,
+           substr(version, 1, 1) = '1', max(version), event_id, created
+    FROM events
+    WHERE seq <= $1 AND projection_version >= $2 AND version IS NOT NULL
+    GROUP BY account, livemode, customer_id
+    ORDER BY account, livemode, customer_id";
+
+/// Creates the aside table and fills it with the rebuild's one statement (see
+/// [`REBUILD_FROM_COLUMNS`]), on a connection whose sorts spill to files (see
+/// [`bulk_connection`]); returns the rows written.
 pub(super) async fn rebuild_from_columns(
     pool: &SqlitePool,
     aside: &str,
     upto: i64,
     current: i64,
 ) -> Result<u64, sqlx::Error> {
+    create_aside(pool, aside).await?;
     let mut connection = bulk_connection(pool).await?;
-    let rebuilt = queries::rebuild_from_columns(&mut connection, aside, upto, current).await;
+    let rebuilt = sqlx::query(&REBUILD_FROM_COLUMNS.replace("{aside}", aside))
+        .bind(upto)
+        .bind(current)
+        .execute(&mut *connection)
+        .await;
     connection.close().await?;
-    rebuilt
+    Ok(rebuilt?.rows_affected())
 }
 
 /// A connection for one of a rebuild's passes over the whole log (filling the aside table,
@@ -277,12 +297,16 @@ async fn bulk_connection(pool: &SqlitePool) -> Result<PoolConnection<Sqlite>, sq
     sqlx::query("PRAGMA mmap_size = 0")
         .execute(&mut *connection)
         .await?;
+    // The sorter may merge on helper threads: a rebuild is the one process's work.
+    sqlx::query("PRAGMA threads = 2")
+        .execute(&mut *connection)
+        .await?;
     Ok(connection)
 }
 
 /// A rebuild's aside table, declared exactly like the live customer table: SQLite keeps
 /// each table's `CREATE TABLE` text, so the column list is taken from there.
-async fn create_aside(pool: &SqlitePool, aside: &str, _token: &str) -> Result<(), sqlx::Error> {
+async fn create_aside(pool: &SqlitePool, aside: &str) -> Result<(), sqlx::Error> {
     let live: String = sqlx::query_scalar(
         "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'customers'",
     )

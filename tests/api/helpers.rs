@@ -147,6 +147,29 @@ impl TestDb {
         }
     }
 
+    /// Runs a query returning one text column on a connection of its own, outside the
+    /// store: to inspect the database (its catalog, say) as an operator would.
+    pub async fn fetch_strings(&self, sql: &str) -> Vec<String> {
+        use sqlx::Connection;
+        if self.postgres.is_some() {
+            let mut conn = sqlx::PgConnection::connect(&self.url)
+                .await
+                .expect("connect");
+            sqlx::query_scalar(sql)
+                .fetch_all(&mut conn)
+                .await
+                .expect(sql)
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url)
+                .await
+                .expect("connect");
+            sqlx::query_scalar(sql)
+                .fetch_all(&mut conn)
+                .await
+                .expect(sql)
+        }
+    }
+
     /// PostgreSQL only: refuses new connections to this database and ends the open ones,
     /// as a database that went away would.
     pub async fn refuse_connections(&self) {

@@ -285,7 +285,75 @@ async fn prune_keeps_the_deciding_snapshots_and_recent_events(backend: Backend) 
     assert_eq!(app.store.customers().await.unwrap(), before);
 }
 
+/// How the customer table is declared: columns (type, collation, nullability, default),
+/// constraints and indexes, without the names a rebuild makes unique.
+async fn customer_table_declaration(db: &TestDb, backend: Backend) -> Vec<String> {
+    let queries: &[&str] = match backend {
+        Backend::Postgres => &[
+            "SELECT column_name || ' ' || data_type || ' ' || COALESCE(collation_name, '-')
+                    || ' ' || is_nullable || ' ' || COALESCE(column_default, '-')
+             FROM information_schema.columns WHERE table_name = 'customers'
+             ORDER BY ordinal_position",
+            "SELECT contype::text || ' ' || pg_get_constraintdef(oid) FROM pg_constraint
+             WHERE conrelid = 'customers'::regclass ORDER BY 1",
+            "SELECT regexp_replace(indexdef, 'INDEX \\S+ ON', 'INDEX ON') FROM pg_indexes
+             WHERE tablename = 'customers' ORDER BY 1",
+        ],
+        Backend::Sqlite => &[
+            "SELECT name || ' ' || type || ' ' || \"notnull\" || ' '
+                    || COALESCE(dflt_value, '-') || ' ' || pk
+             FROM pragma_table_info('customers') ORDER BY cid",
+            "SELECT l.origin || ' ' || l.\"unique\" || ' ' || l.partial || ' '
+                    || (SELECT group_concat(name, ',') FROM pragma_index_info(l.name))
+             FROM pragma_index_list('customers') AS l ORDER BY 1",
+            "SELECT replace(substr(sql, instr(sql, ' ON ')), '\"', '') FROM sqlite_master
+             WHERE tbl_name = 'customers' AND type = 'index' AND sql IS NOT NULL ORDER BY 1",
+        ],
+    };
+    let mut declaration = Vec::new();
+    for sql in queries {
+        let rows = db.fetch_strings(sql).await;
+        // Index statements are kept as written: only their words count.
+        declaration.extend(
+            rows.iter()
+                .map(|row| row.split_whitespace().collect::<Vec<_>>().join(" ")),
+        );
+    }
+    declaration
+}
+
+/// The rebuilt table replaces the live one: it must be declared the same way, or the
+/// next write or lookup would meet a different table than the migrations made.
+async fn replay_keeps_the_customer_table_as_the_migrations_declare_it(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    for fixture in [
+        "seed/01_customer_created_organizer_a.json",
+        "deletion/01_customer_created.json",
+        "deletion/02_customer_deleted.json",
+    ] {
+        assert_eq!(app.deliver_fixture(fixture).await.0, StatusCode::OK);
+    }
+    let declared = customer_table_declaration(&app.db, backend).await;
+    assert!(declared.len() >= 13, "{declared:#?}");
+
+    for round in 1..=2 {
+        let replayed = run(&app.db.url, &["replay"]);
+        assert_eq!(replayed.status.code(), Some(0));
+        let said = String::from_utf8_lossy(&replayed.stdout);
+        assert!(
+            said.starts_with("replayed 3 events into 1 customers (1 deleted) in "),
+            "{said}"
+        );
+        assert_eq!(
+            customer_table_declaration(&app.db, backend).await,
+            declared,
+            "after replay {round}"
+        );
+    }
+}
+
 on_both_backends!(
+    replay_keeps_the_customer_table_as_the_migrations_declare_it,
     lookups_keep_answering_and_ingestion_goes_on_while_replay_runs,
     verify_reports_damage_and_replay_repairs_it,
     prune_keeps_the_deciding_snapshots_and_recent_events,
