@@ -61,19 +61,11 @@ pub async fn rebuild(
         .await?;
     // Events an older projection extracted: today's code runs again on their payloads,
     // page by page; the upsert keeps each customer's newest snapshot across both.
-    let mut batch = Vec::new();
-    let mut after = 0;
-    let stale = log
+    if log
         .oldest_projection
-        .is_some_and(|v| v < PROJECTION_VERSION);
-    while stale {
-        let page = store
-            .log_page(after, rebuild.horizon, PAGE, PROJECTION_VERSION, true)
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        batch.extend(page.iter().filter_map(project));
-        flush(store, &rebuild, &mut batch).await?;
+        .is_some_and(|v| v < PROJECTION_VERSION)
+    {
+        reproject_stale(store, &rebuild).await?;
     }
     progress.advance(events);
     let differences = store.finish_rebuild(rebuild, &project).await?;
@@ -83,6 +75,23 @@ pub async fn rebuild(
         elapsed: started.elapsed(),
         differences,
     })
+}
+
+/// Runs today's projection again over the payloads of the events an older one extracted.
+async fn reproject_stale(store: &Store, rebuild: &crate::store::Rebuild) -> Result<(), StoreError> {
+    let mut batch = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store
+            .log_page(after, rebuild.horizon, PAGE, PROJECTION_VERSION, true)
+            .await?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after = last.seq;
+        batch.extend(page.iter().filter_map(project));
+        flush(store, rebuild, &mut batch).await?;
+    }
 }
 
 /// Writes a batch, keeping only the newest snapshot of each customer in it.
