@@ -52,13 +52,15 @@ pub async fn rebuild(
 ) -> Result<ReplayReport, StoreError> {
     let started = Instant::now();
     let rebuild = store.start_rebuild(kind).await?;
-    let log = store.log_summary(rebuild.horizon).await?;
+    // Events the current projection extracted: their stored columns, in one statement.
+    // Beside it, on another connection, the count of the log and whether any event needs
+    // parsing again: each reads the whole log, and the database serves both at once.
+    let (log, _) = tokio::try_join!(
+        store.log_summary(rebuild.horizon),
+        store.rebuild_from_columns(&rebuild, PROJECTION_VERSION)
+    )?;
     let events = u64::try_from(log.events).unwrap_or_default();
     progress.start(events);
-    // Events the current projection extracted: their stored columns, in one statement.
-    store
-        .rebuild_from_columns(&rebuild, PROJECTION_VERSION)
-        .await?;
     // Events an older projection extracted: today's code runs again on their payloads,
     // page by page; the upsert keeps each customer's newest snapshot across both.
     if log

@@ -589,7 +589,7 @@ impl Store {
         let (table, token, upto) = (rebuild.table(), rebuild.token.as_str(), rebuild.horizon);
         Ok(match self {
             Self::Sqlite(s) => {
-                sqlite::rebuild_from_columns(&s.writer, table, upto, current).await?
+                sqlite::rebuild_from_columns(&s.writer, table, token, upto, current).await?
             }
             Self::Postgres(s) => {
                 postgres::rebuild_from_columns(&s.pool, table, token, upto, current).await?
@@ -619,17 +619,15 @@ impl Store {
         rebuild: Rebuild,
         project: &(dyn Fn(&LogRecord) -> Option<Projected> + Sync),
     ) -> Result<Vec<Difference>, StoreError> {
-        let (table, token) = (rebuild.table(), rebuild.token.as_str());
+        let table = rebuild.table();
         let swap = rebuild.kind == RebuildKind::Replace;
         let horizon = rebuild.horizon;
         Ok(match self {
             Self::Sqlite(s) => {
-                sqlite::queries::finish_rebuild(&s.writer, table, token, horizon, swap, project)
-                    .await?
+                sqlite::queries::finish_rebuild(&s.writer, table, horizon, swap, project).await?
             }
             Self::Postgres(s) => {
-                postgres::queries::finish_rebuild(&s.pool, table, token, horizon, swap, project)
-                    .await?
+                postgres::queries::finish_rebuild(&s.pool, table, horizon, swap, project).await?
             }
         })
     }

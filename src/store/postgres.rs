@@ -168,10 +168,11 @@ const REBUILD_FROM_COLUMNS: &str = "
     WHERE seq <= {upto} AND projection_version >= {current} AND version IS NOT NULL
     ORDER BY account, livemode, customer_id, version DESC";
 
-/// Creates and fills the aside table (see [`REBUILD_FROM_COLUMNS`]), then gives it the
-/// live table's NOT NULL columns and its primary key, in one pass over the filled table:
-/// cheaper than growing the key row by row. The key is named per rebuild, since
-/// constraint names outlive a table rename.
+/// Creates and fills the aside table (see [`REBUILD_FROM_COLUMNS`]), then indexes it: its
+/// primary key and checkout's index are built side by side, each in one pass over the
+/// filled table (cheaper than growing them row by row), and the key's index then becomes
+/// the primary key with the live table's NOT NULL columns. Names are made per rebuild,
+/// since index and constraint names outlive a table rename.
 pub(super) async fn rebuild_from_columns(
     pool: &PgPool,
     aside: &str,
@@ -189,34 +190,37 @@ pub(super) async fn rebuild_from_columns(
         .replace("{upto}", &upto.to_string())
         .replace("{current}", &current.to_string());
     let rows = sqlx::query(&fill).execute(&mut *tx).await?.rows_affected();
+    tx.commit().await?;
+
+    let key = format!(
+        "CREATE UNIQUE INDEX customers_pkey_{token} ON {aside} (account, livemode, customer_id)"
+    );
+    let checkout = format!(
+        "CREATE INDEX customers_by_email_{token}
+            ON {aside} (account, livemode, email_key, customer_created, customer_id)
+            WHERE deleted = FALSE AND email_key IS NOT NULL"
+    );
+    tokio::try_join!(
+        sqlx::query(&key).execute(pool),
+        sqlx::query(&checkout).execute(pool)
+    )?;
     let not_null: Vec<String> = sqlx::query_scalar(
         "SELECT attname::text FROM pg_attribute
          WHERE attrelid = 'customers'::regclass AND attnum > 0 AND NOT attisdropped
            AND attnotnull
          ORDER BY attnum",
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(pool)
     .await?;
     let mut constraints = format!("ALTER TABLE {aside} ");
     for column in not_null {
         constraints.push_str(&format!("ALTER COLUMN {column} SET NOT NULL, "));
     }
     constraints.push_str(&format!(
-        "ADD CONSTRAINT customers_pkey_{token} PRIMARY KEY (account, livemode, customer_id)"
+        "ADD CONSTRAINT customers_pkey_{token} PRIMARY KEY USING INDEX customers_pkey_{token}"
     ));
-    sqlx::query(&constraints).execute(&mut *tx).await?;
-    tx.commit().await?;
+    sqlx::query(&constraints).execute(pool).await?;
     Ok(rows)
-}
-
-/// Checkout's index on the aside table, named per rebuild like its primary key.
-async fn index_aside(pool: &PgPool, aside: &str, token: &str) -> Result<(), sqlx::Error> {
-    let ddl = format!(
-        "CREATE INDEX customers_by_email_{token}
-            ON {aside} (account, livemode, email_key, customer_created, customer_id)
-            WHERE deleted = FALSE AND email_key IS NOT NULL"
-    );
-    sqlx::query(&ddl).execute(pool).await.map(drop)
 }
 
 /// A transaction that blocks appends (inserts into the log) but not reads, and waits for

@@ -382,12 +382,10 @@ pub(in crate::store) async fn start_rebuild(
 pub(in crate::store) async fn finish_rebuild(
     writer: &Pool<Db>,
     aside: &str,
-    token: &str,
     horizon: i64,
     swap: bool,
     project: &(dyn Fn(&LogRecord) -> Option<Projected> + Sync),
 ) -> Result<Vec<Difference>, sqlx::Error> {
-    super::index_aside(writer, aside, token).await?;
     let mut tx = super::begin_locked(writer).await?;
     let arrived = log_after(&mut tx, horizon).await?;
     let rows = crate::projection::newest_per_customer(arrived.iter().filter_map(project).collect());

@@ -263,24 +263,45 @@ const REBUILD_FROM_COLUMNS: &str = "
     GROUP BY account, livemode, customer_id
     ORDER BY account, livemode, customer_id";
 
-/// Creates the aside table and fills it with the rebuild's one statement (see
-/// [`REBUILD_FROM_COLUMNS`]), on a connection whose sorts spill to files (see
-/// [`bulk_connection`]); returns the rows written.
+/// Creates the aside table, fills it with the rebuild's one statement (see
+/// [`REBUILD_FROM_COLUMNS`]) and builds checkout's index on it, on a connection whose
+/// sorts spill to files (see [`bulk_connection`]); returns the rows written. Index names
+/// outlive a table rename, so each rebuild's index gets a name of its own.
 pub(super) async fn rebuild_from_columns(
     pool: &SqlitePool,
     aside: &str,
+    token: &str,
     upto: i64,
     current: i64,
 ) -> Result<u64, sqlx::Error> {
     create_aside(pool, aside).await?;
     let mut connection = bulk_connection(pool).await?;
-    let rebuilt = sqlx::query(&REBUILD_FROM_COLUMNS.replace("{aside}", aside))
+    let rebuilt = fill_and_index(&mut connection, aside, token, upto, current).await;
+    connection.close().await?;
+    rebuilt
+}
+
+async fn fill_and_index(
+    connection: &mut sqlx::SqliteConnection,
+    aside: &str,
+    token: &str,
+    upto: i64,
+    current: i64,
+) -> Result<u64, sqlx::Error> {
+    let rows = sqlx::query(&REBUILD_FROM_COLUMNS.replace("{aside}", aside))
         .bind(upto)
         .bind(current)
         .execute(&mut *connection)
-        .await;
-    connection.close().await?;
-    Ok(rebuilt?.rows_affected())
+        .await?
+        .rows_affected();
+    sqlx::query(&format!(
+        "CREATE INDEX customers_by_email_{token}
+            ON {aside} (account, livemode, email_key, customer_created, customer_id)
+            WHERE deleted = FALSE AND email_key IS NOT NULL"
+    ))
+    .execute(&mut *connection)
+    .await?;
+    Ok(rows)
 }
 
 /// A connection for one of a rebuild's passes over the whole log (filling the aside table,
@@ -320,20 +341,6 @@ async fn create_aside(pool: &SqlitePool, aside: &str) -> Result<(), sqlx::Error>
         .execute(pool)
         .await
         .map(drop)
-}
-
-/// Checkout's index on the aside table. Index names outlive a table rename, so each
-/// rebuild's index gets a name of its own.
-async fn index_aside(pool: &SqlitePool, aside: &str, token: &str) -> Result<(), sqlx::Error> {
-    let ddl = format!(
-        "CREATE INDEX customers_by_email_{token}
-            ON {aside} (account, livemode, email_key, customer_created, customer_id)
-            WHERE deleted = FALSE AND email_key IS NOT NULL"
-    );
-    let mut connection = bulk_connection(pool).await?;
-    let indexed = sqlx::query(&ddl).execute(&mut *connection).await.map(drop);
-    connection.close().await?;
-    indexed
 }
 
 /// A write transaction that holds SQLite's write lock from its first statement, so no
