@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use stripe_projector::cli::{self, Cli, Failure};
 
+/// Every request allocates and frees dozens of small blocks across worker threads; with
+/// glibc's allocator that took a fifth of the server's CPU under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
