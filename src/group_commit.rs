@@ -48,11 +48,13 @@ impl std::fmt::Debug for Job {
 
 impl GroupCommitter {
     /// Starts the committers on the current Tokio runtime: one for SQLite (it has one
-    /// writer), several for PostgreSQL so that one batch gathers while another commits.
+    /// writer), two for PostgreSQL so that one batch gathers while another commits. More
+    /// make smaller batches, and the database's cost per statement then shows: four gave
+    /// 9 events per commit against 15, and up to 20 % less throughput on 2 cores.
     pub fn start(store: &Store) -> Self {
         let (committers, checkpoints) = match store {
             Store::Sqlite(_) => (1, Some(start_checkpointer(store.clone()))),
-            Store::Postgres(_) => (4, None),
+            Store::Postgres(_) => (2, None),
         };
         let store = store.clone();
         let jobs = batch_queue::spawn(committers, QUEUE, MAX_BATCH, move |batch| {
