@@ -72,14 +72,16 @@ fn main() {
     });
 }
 
-fn request(secret: &Secret, now: i64, body: Vec<u8>) -> (String, Vec<u8>) {
+fn request(secret: &Secret, now: i64, body: Vec<u8>) -> Vec<u8> {
     let header = signature::sign(secret, now, &body);
-    let head = format!(
+    let mut request = format!(
         "POST /webhooks/stripe HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n\
          Stripe-Signature: {header}\r\nContent-Length: {}\r\n\r\n",
         body.len()
-    );
-    (head, body)
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    request
 }
 
 /// An update is a new event of an existing customer: give it an event id of its own.

@@ -20,7 +20,7 @@ fn main() {
         fill(&db.store().await, customers, accounts).await;
         let server = Server::start(&db.url);
         // A spread of customers, about one in ten asked for one that does not exist.
-        let requests: Vec<(String, Vec<u8>)> = (0..total)
+        let requests: Vec<Vec<u8>> = (0..total)
             .map(|n| {
                 let i = n.wrapping_mul(2_654_435_761) % (customers + customers / 10);
                 let head = format!(
@@ -28,7 +28,7 @@ fn main() {
                      HTTP/1.1\r\nHost: bench\r\n\r\n",
                     i % accounts
                 );
-                (head, Vec::new())
+                head.into_bytes()
             })
             .collect();
         let cpu = CpuUse::start(server.child.id());

@@ -214,7 +214,7 @@ impl Server {
     pub async fn mean_commit_batch(&self) -> f64 {
         let mut connection = Connection::open(&self.addr).await;
         connection
-            .request("GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n", b"")
+            .request(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
             .await;
         let text = String::from_utf8_lossy(&connection.body);
         let value = |name: &str| {
@@ -338,11 +338,11 @@ impl Connection {
         }
     }
 
-    /// Sends a request and reads the whole answer; returns the status code.
-    pub async fn request(&mut self, head: &str, body: &[u8]) -> u16 {
+    /// Sends a whole request (head and body, in one write, as a client with the request
+    /// in hand does) and reads the whole answer; returns the status code.
+    pub async fn request(&mut self, request: &[u8]) -> u16 {
         let stream = self.reader.get_mut();
-        stream.write_all(head.as_bytes()).await.expect("write");
-        stream.write_all(body).await.expect("write");
+        stream.write_all(request).await.expect("write");
         self.line.clear();
         self.reader
             .read_line(&mut self.line)
@@ -389,7 +389,7 @@ impl Latencies {
 pub async fn drive(
     addr: &str,
     concurrency: usize,
-    requests: std::sync::Arc<Vec<(String, Vec<u8>)>>,
+    requests: std::sync::Arc<Vec<Vec<u8>>>,
 ) -> (Duration, Latencies, usize) {
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
@@ -402,11 +402,11 @@ pub async fn drive(
             let mut failures = 0usize;
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((head, body)) = requests.get(i) else {
+                let Some(request) = requests.get(i) else {
                     break;
                 };
                 let sent = Instant::now();
-                let status = connection.request(head, body).await;
+                let status = connection.request(request).await;
                 samples.push(sent.elapsed().as_micros() as u32);
                 failures += usize::from(!(200..300).contains(&status));
             }
