@@ -27,6 +27,7 @@ fn main() {
         let store = db.store().await;
         fill_range(&store, PREFILL_FIRST..PREFILL_FIRST + prefill, accounts).await;
         drop(store);
+        db.settle().await;
         let server = Server::start(&db.url);
         let secret = Secret::new(SECRET);
         // Prepared and signed up front: the clock measures the server, not the generator.

@@ -18,6 +18,7 @@ fn main() {
     runtime.block_on(async {
         let db = BenchDb::create().await;
         fill(&db.store().await, customers, accounts).await;
+        db.settle().await;
         let server = Server::start(&db.url);
         // A spread of customers, about one in ten asked for one that does not exist.
         let requests: Vec<Vec<u8>> = (0..total)

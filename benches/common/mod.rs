@@ -26,6 +26,11 @@ pub fn arg(name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
+/// Whether `--name` is on the command line.
+pub fn arg_flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
 pub fn arg_usize(name: &str, default: usize) -> usize {
     arg(name)
         .map(|v| v.replace('_', "").parse().expect("a number"))
@@ -78,6 +83,15 @@ impl BenchDb {
             .expect("connect");
         store.migrate().await.expect("migrate");
         store
+    }
+
+    /// PostgreSQL: vacuums and analyzes the freshly filled database, as autovacuum does on
+    /// a log that grew over time, so that a measurement does not pay the first pass's
+    /// hint-bit writes over every row nor plan with the statistics of an empty table.
+    pub async fn settle(&self) {
+        if self.postgres.is_some() {
+            admin_execute(&self.url, "VACUUM ANALYZE").await;
+        }
     }
 
     pub async fn drop_database(self) {
