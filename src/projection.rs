@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::domain::{AccountId, CustomerId, EmailKey, EventId};
 use crate::stripe::event::CustomerEvent;
@@ -166,21 +166,22 @@ pub fn effect_of(event: &CustomerEvent) -> Effect {
 
 fn snapshot_of(event: &CustomerEvent, rank: TypeRank) -> Result<Snapshot, String> {
     let object = &event.object;
-    if object.get("object").and_then(Value::as_str) != Some("customer") {
+    if object.object.as_ref().and_then(Value::as_str) != Some("customer") {
         return Err(format!(
             "{} does not carry a customer object",
             event.event_type
         ));
     }
     let customer_id = object
-        .get("id")
+        .id
+        .as_ref()
         .and_then(Value::as_str)
         .ok_or("customer object has no string id")
         .and_then(|id| CustomerId::parse(id).map_err(|_| "customer id is not a valid id"))?;
-    let email = optional_text(object, "email")?;
-    let name = optional_text(object, "name")?;
-    let customer_created = match object.get("created") {
-        None | Some(Value::Null) => event.created,
+    let email = optional_text(object.email.as_ref(), "email")?;
+    let name = optional_text(object.name.as_ref(), "name")?;
+    let customer_created = match &object.created {
+        None => event.created,
         Some(value) => value.as_i64().ok_or("customer created is not an integer")?,
     };
     Ok(Snapshot {
@@ -198,9 +199,10 @@ fn snapshot_of(event: &CustomerEvent, rank: TypeRank) -> Result<Snapshot, String
     })
 }
 
-/// A nullable string field. NUL is refused: PostgreSQL text cannot hold it.
-fn optional_text(object: &Map<String, Value>, field: &str) -> Result<Option<String>, String> {
-    match object.get(field) {
+/// A nullable string field (absent and `null` are `None`). NUL is refused: PostgreSQL
+/// text cannot hold it.
+fn optional_text(value: Option<&Value>, field: &str) -> Result<Option<String>, String> {
+    match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) if text.contains('\0') => {
             Err(format!("customer {field} contains NUL"))
@@ -276,6 +278,7 @@ impl ReadModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stripe::event::ObjectFields;
     use serde_json::json;
 
     fn event(id: &str, event_type: &str, created: i64, object: Value) -> CustomerEvent {
@@ -286,7 +289,7 @@ mod tests {
             created,
             livemode: false,
             object_id: object.get("id").and_then(Value::as_str).map(Into::into),
-            object: object.as_object().cloned().unwrap_or_default(),
+            object: ObjectFields::of(&object.as_object().cloned().unwrap_or_default()),
             payload: String::new(),
         }
     }

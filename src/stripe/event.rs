@@ -1,13 +1,18 @@
 //! The Stripe event envelope, parsed from verified bytes.
 //!
-//! Only the fields the log needs are read; the payload itself is kept verbatim.
+//! Only the fields the log and the projection need are built; the rest of the body is
+//! checked to be JSON and skipped, and the payload itself is kept verbatim.
 
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 use crate::domain::{AccountId, EventId, InvalidValue};
 
-/// A verified delivery after parsing.
+/// A verified delivery after parsing. Built once per delivery and taken apart at once, so
+/// the difference in size between its variants costs nothing worth a box.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Delivery {
     /// A `customer.*` event: logged and projected.
     Customer(CustomerEvent),
@@ -26,10 +31,58 @@ pub struct CustomerEvent {
     pub livemode: bool,
     /// `data.object.id` when it is a string.
     pub object_id: Option<String>,
-    /// `data.object`, for the projection.
-    pub object: Map<String, Value>,
+    /// What the projection reads of `data.object`.
+    pub object: ObjectFields,
     /// The delivered bytes, exactly as signed.
     pub payload: String,
+}
+
+/// The fields of `data.object` the projection reads, as the JSON values they are (absent
+/// and `null` alike are `None`), so that the projection can say precisely what is wrong
+/// with one. The rest of the object stays in the payload.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ObjectFields {
+    pub object: Option<Value>,
+    pub id: Option<Value>,
+    pub email: Option<Value>,
+    pub name: Option<Value>,
+    pub created: Option<Value>,
+}
+
+impl ObjectFields {
+    /// The fields of an object already parsed whole (tests, callers holding a map).
+    pub fn of(object: &serde_json::Map<String, Value>) -> Self {
+        let field = |name: &str| object.get(name).filter(|v| !v.is_null()).cloned();
+        Self {
+            object: field("object"),
+            id: field("id"),
+            email: field("email"),
+            name: field("name"),
+            created: field("created"),
+        }
+    }
+}
+
+/// The envelope fields the log needs, each kept as the JSON value it is so that its type
+/// is checked below with a precise error; `data` stays raw until the event is known to be
+/// a customer event. Any other field is checked to be JSON and skipped unbuilt. A field
+/// named twice makes the body invalid rather than leaving the choice to the parser.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    id: Option<Value>,
+    #[serde(rename = "type")]
+    event_type: Option<Value>,
+    created: Option<Value>,
+    livemode: Option<Value>,
+    account: Option<Value>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Data<'a> {
+    #[serde(borrow)]
+    object: Option<&'a RawValue>,
 }
 
 /// Why a signed body is not an event we can take. Stripe never sends these, so they are
@@ -61,13 +114,17 @@ pub fn parse(body: &[u8], platform: &AccountId) -> Result<Delivery, PayloadError
     // UTF-8 is checked once, here: the parser then reads a `str`, and the payload is a
     // plain copy of it.
     let text = std::str::from_utf8(body).map_err(|e| PayloadError::NotJson(e.to_string()))?;
-    let value: Value =
+    // Read as a struct, a JSON array would fill the fields in order: only an object is.
+    if !text.trim_start().starts_with('{') {
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => PayloadError::NotAnObject,
+            Err(e) => PayloadError::NotJson(e.to_string()),
+        });
+    }
+    let envelope: Envelope =
         serde_json::from_str(text).map_err(|e| PayloadError::NotJson(e.to_string()))?;
-    let Value::Object(mut envelope) = value else {
-        return Err(PayloadError::NotAnObject);
-    };
-    let id = string_field(&envelope, "id")?;
-    let event_type = string_field(&envelope, "type")?;
+    let id = string_field(envelope.id.as_ref(), "id")?;
+    let event_type = string_field(envelope.event_type.as_ref(), "type")?;
     if !event_type.starts_with("customer.") {
         return Ok(Delivery::Ignored {
             event_id: id.to_owned(),
@@ -81,26 +138,26 @@ pub fn parse(body: &[u8], platform: &AccountId) -> Result<Delivery, PayloadError
     }
     let event_type = event_type.to_owned();
     let created = envelope
-        .get("created")
+        .created
+        .as_ref()
         .and_then(Value::as_i64)
         .ok_or(PayloadError::MissingInteger("created"))?;
     let livemode = envelope
-        .get("livemode")
+        .livemode
+        .as_ref()
         .and_then(Value::as_bool)
         .ok_or(PayloadError::MissingLivemode)?;
-    let account = match envelope.get("account") {
-        None | Some(Value::Null) => platform.clone(),
+    let account = match &envelope.account {
+        None => platform.clone(),
         Some(Value::String(account)) => AccountId::parse(account)?,
         Some(_) => return Err(PayloadError::AccountNotString),
     };
-    let object = match envelope.remove("data") {
-        Some(Value::Object(mut data)) => match data.remove("object") {
-            Some(Value::Object(object)) => object,
-            _ => return Err(PayloadError::MissingObject),
-        },
-        _ => return Err(PayloadError::MissingObject),
-    };
-    let object_id = object.get("id").and_then(Value::as_str).map(str::to_owned);
+    let object = object_fields(envelope.data)?;
+    let object_id = object
+        .id
+        .as_ref()
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     if object_id
         .as_deref()
         .is_some_and(|id| id.chars().any(char::is_control))
@@ -120,27 +177,35 @@ pub fn parse(body: &[u8], platform: &AccountId) -> Result<Delivery, PayloadError
     }))
 }
 
-/// The `data.object` of a stored payload, for rebuilding the projection from the log.
-pub fn data_object(payload: &[u8]) -> Result<Map<String, Value>, PayloadError> {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        data: Data,
+/// What the projection reads of a stored payload's `data.object`, for rebuilding the
+/// projection from the log.
+pub fn data_object(payload: &[u8]) -> Result<ObjectFields, PayloadError> {
+    #[derive(Deserialize)]
+    struct Stored<'a> {
+        #[serde(borrow)]
+        data: Option<&'a RawValue>,
     }
-    #[derive(serde::Deserialize)]
-    struct Data {
-        object: Map<String, Value>,
-    }
-    serde_json::from_slice::<Envelope>(payload)
-        .map(|envelope| envelope.data.object)
-        .map_err(|_| PayloadError::MissingObject)
+    let text = std::str::from_utf8(payload).map_err(|_| PayloadError::MissingObject)?;
+    let stored: Stored = serde_json::from_str(text).map_err(|_| PayloadError::MissingObject)?;
+    object_fields(stored.data)
 }
 
-fn string_field<'a>(
-    envelope: &'a Map<String, Value>,
-    name: &'static str,
-) -> Result<&'a str, PayloadError> {
-    envelope
-        .get(name)
+/// `data.object`'s fields, when `data` is an object holding an object `object`.
+fn object_fields(data: Option<&RawValue>) -> Result<ObjectFields, PayloadError> {
+    let is_object = |raw: &RawValue| raw.get().starts_with('{');
+    let data = data
+        .filter(|raw| is_object(raw))
+        .ok_or(PayloadError::MissingObject)?;
+    let data: Data = serde_json::from_str(data.get()).map_err(|_| PayloadError::MissingObject)?;
+    let object = data
+        .object
+        .filter(|raw| is_object(raw))
+        .ok_or(PayloadError::MissingObject)?;
+    serde_json::from_str(object.get()).map_err(|_| PayloadError::MissingObject)
+}
+
+fn string_field<'a>(value: Option<&'a Value>, name: &'static str) -> Result<&'a str, PayloadError> {
+    value
         .and_then(Value::as_str)
         .ok_or(PayloadError::MissingString(name))
 }
@@ -244,6 +309,65 @@ mod tests {
             parse(b"{not json", &platform()),
             Err(PayloadError::NotJson(_))
         ));
+    }
+
+    #[test]
+    fn only_an_object_is_read_as_an_envelope_and_only_objects_as_data() {
+        // Read as a struct, this array would fill the envelope's fields in order.
+        let array = json!(["evt_1", "customer.created", 1, false, null, {"object": {}}]);
+        assert_eq!(parse_value(array).unwrap_err(), PayloadError::NotAnObject);
+        let mut data_array = customer_event();
+        data_array["data"] = json!([{"id": "cus_1", "object": "customer"}]);
+        assert_eq!(
+            parse_value(data_array).unwrap_err(),
+            PayloadError::MissingObject
+        );
+        let mut object_array = customer_event();
+        object_array["data"]["object"] = json!(["customer", "cus_1"]);
+        assert_eq!(
+            parse_value(object_array).unwrap_err(),
+            PayloadError::MissingObject
+        );
+        let mut null_account = customer_event();
+        null_account["account"] = Value::Null;
+        let Ok(Delivery::Customer(event)) = parse_value(null_account) else {
+            panic!()
+        };
+        assert_eq!(event.account, platform());
+    }
+
+    #[test]
+    fn a_field_named_twice_is_not_a_guess() {
+        let body = br#"{"id":"evt_1","id":"evt_2","type":"customer.created","created":1,"livemode":false,"data":{"object":{"id":"cus_1"}}}"#;
+        assert!(matches!(
+            parse(body, &platform()),
+            Err(PayloadError::NotJson(message)) if message.contains("duplicate field `id`")
+        ));
+    }
+
+    #[test]
+    fn the_projection_reads_the_same_fields_from_a_delivery_and_from_the_log() {
+        let mut value = customer_event();
+        value["data"]["object"]["name"] = Value::Null;
+        value["data"]["object"]["created"] = json!(1699999999);
+        value["data"]["object"]["metadata"] = json!({"ignored": ["deep", {"x": 1}]});
+        let body = value.to_string();
+        let Ok(Delivery::Customer(event)) = parse(body.as_bytes(), &platform()) else {
+            panic!()
+        };
+        let expected = ObjectFields {
+            object: Some(json!("customer")),
+            id: Some(json!("cus_1")),
+            email: Some(json!("a@b.c")),
+            name: None,
+            created: Some(json!(1699999999)),
+        };
+        assert_eq!(event.object, expected);
+        assert_eq!(data_object(body.as_bytes()).unwrap(), expected);
+        assert_eq!(
+            ObjectFields::of(value["data"]["object"].as_object().unwrap()),
+            expected
+        );
     }
 
     #[test]
