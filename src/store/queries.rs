@@ -9,7 +9,8 @@ use crate::projection::{Effect, Projected, PROJECTION_VERSION};
 use crate::stripe::event::CustomerEvent;
 
 use crate::store::{
-    AppendOutcome, CustomerCounts, Difference, EventRow, LogRecord, LogSummary, LoggedEvent, ProjectedCustomer, Source, Status,
+    AppendOutcome, CustomerCounts, Difference, EventRow, LogRecord, LogSummary, LoggedEvent,
+    ProjectedCustomer, Source, Status,
 };
 
 /// Rule 5: the oldest live customer with this email, then the smallest id.
