@@ -70,11 +70,15 @@ impl SqliteStore {
             // pages that are not in the page cache. The mapped pages count in the
             // process's resident memory (they are the OS's file cache), hence 64 MiB, not
             // more. Readers gain nothing from it and would each map the file.
+            // Its page cache holds 16 MiB (SQLite's default, 2 MiB, is 125 of our pages,
+            // about what two batches dirty): ingestion +0-11 % in five pairs of runs, p99
+            // lower, peak RSS lower too (fewer pages read through the map).
             .connect_with(
                 options
                     .clone()
                     .synchronous(SqliteSynchronous::Normal)
-                    .pragma("mmap_size", "67108864"),
+                    .pragma("mmap_size", "67108864")
+                    .pragma("cache_size", "-16384"),
             )
             .await?;
         let reader = SqlitePoolOptions::new()
@@ -316,6 +320,11 @@ async fn bulk_connection(pool: &SqlitePool) -> Result<PoolConnection<Sqlite>, sq
     // A rebuild reads the whole log once: through the writer's map it would all count
     // as this process's memory.
     sqlx::query("PRAGMA mmap_size = 0")
+        .execute(&mut *connection)
+        .await?;
+    // The sorter sizes its runs in memory by the page cache: SQLite's default (2 MiB)
+    // keeps a rebuild's memory small, not the writer's 16 MiB.
+    sqlx::query("PRAGMA cache_size = -2000")
         .execute(&mut *connection)
         .await?;
     // The sorter may merge on helper threads: a rebuild is the one process's work.
