@@ -314,23 +314,20 @@ async fn fill_and_index(
 /// hold a whole sort. Close it after use, so the pool never hands its settings out.
 async fn bulk_connection(pool: &SqlitePool) -> Result<PoolConnection<Sqlite>, sqlx::Error> {
     let mut connection = pool.acquire().await?;
-    sqlx::query("PRAGMA temp_store = FILE")
-        .execute(&mut *connection)
-        .await?;
-    // A rebuild reads the whole log once: through the writer's map it would all count
-    // as this process's memory.
-    sqlx::query("PRAGMA mmap_size = 0")
-        .execute(&mut *connection)
-        .await?;
-    // The sorter sizes its runs in memory by the page cache: SQLite's default (2 MiB)
-    // keeps a rebuild's memory small, not the writer's 16 MiB.
-    sqlx::query("PRAGMA cache_size = -2000")
-        .execute(&mut *connection)
-        .await?;
-    // The sorter may merge on helper threads: a rebuild is the one process's work.
-    sqlx::query("PRAGMA threads = 2")
-        .execute(&mut *connection)
-        .await?;
+    let settings = [
+        "PRAGMA temp_store = FILE",
+        // A rebuild reads the whole log once: through the writer's map it would all count
+        // as this process's memory.
+        "PRAGMA mmap_size = 0",
+        // The sorter sizes its runs in memory by the page cache: SQLite's default (2 MiB)
+        // keeps a rebuild's memory small, not the writer's 16 MiB.
+        "PRAGMA cache_size = -2000",
+        // The sorter may merge on helper threads: a rebuild is the one process's work.
+        "PRAGMA threads = 2",
+    ];
+    for setting in settings {
+        sqlx::query(setting).execute(&mut *connection).await?;
+    }
     Ok(connection)
 }
 

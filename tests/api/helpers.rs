@@ -93,6 +93,12 @@ macro_rules! property_on_both_backends {
     };
 }
 
+/// A connection to a test database, of its backend's type.
+enum OwnConnection {
+    Postgres(sqlx::PgConnection),
+    Sqlite(sqlx::SqliteConnection),
+}
+
 /// A database that exists for one test: an SQLite file in a temporary folder, or a
 /// uniquely named PostgreSQL database dropped when this value is dropped.
 pub struct TestDb {
@@ -130,44 +136,43 @@ impl TestDb {
         }
     }
 
+    /// A connection of its own to this database, outside the store.
+    async fn own_connection(&self) -> OwnConnection {
+        use sqlx::Connection;
+        if self.postgres.is_some() {
+            OwnConnection::Postgres(
+                sqlx::PgConnection::connect(&self.url)
+                    .await
+                    .expect("connect"),
+            )
+        } else {
+            OwnConnection::Sqlite(
+                sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("connect"),
+            )
+        }
+    }
+
     /// Runs SQL on a connection of its own, outside the store: to damage or inspect the
     /// database the way an operator or a failure would.
     pub async fn execute(&self, sql: &str) {
-        use sqlx::{Connection, Executor};
-        if self.postgres.is_some() {
-            let mut conn = sqlx::PgConnection::connect(&self.url)
-                .await
-                .expect("connect");
-            conn.execute(sql).await.expect(sql);
-        } else {
-            let mut conn = sqlx::SqliteConnection::connect(&self.url)
-                .await
-                .expect("connect");
-            conn.execute(sql).await.expect(sql);
-        }
+        use sqlx::Executor;
+        let done = match self.own_connection().await {
+            OwnConnection::Postgres(mut conn) => conn.execute(sql).await.map(drop),
+            OwnConnection::Sqlite(mut conn) => conn.execute(sql).await.map(drop),
+        };
+        done.expect(sql);
     }
 
     /// Runs a query returning one text column on a connection of its own, outside the
     /// store: to inspect the database (its catalog, say) as an operator would.
     pub async fn fetch_strings(&self, sql: &str) -> Vec<String> {
-        use sqlx::Connection;
-        if self.postgres.is_some() {
-            let mut conn = sqlx::PgConnection::connect(&self.url)
-                .await
-                .expect("connect");
-            sqlx::query_scalar(sql)
-                .fetch_all(&mut conn)
-                .await
-                .expect(sql)
-        } else {
-            let mut conn = sqlx::SqliteConnection::connect(&self.url)
-                .await
-                .expect("connect");
-            sqlx::query_scalar(sql)
-                .fetch_all(&mut conn)
-                .await
-                .expect(sql)
-        }
+        let fetched = match self.own_connection().await {
+            OwnConnection::Postgres(mut conn) => sqlx::query_scalar(sql).fetch_all(&mut conn).await,
+            OwnConnection::Sqlite(mut conn) => sqlx::query_scalar(sql).fetch_all(&mut conn).await,
+        };
+        fetched.expect(sql)
     }
 
     /// PostgreSQL only: refuses new connections to this database and ends the open ones,
