@@ -278,7 +278,6 @@ impl ReadModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stripe::event::ObjectFields;
     use serde_json::json;
 
     fn event(id: &str, event_type: &str, created: i64, object: Value) -> CustomerEvent {
@@ -289,7 +288,7 @@ mod tests {
             created,
             livemode: false,
             object_id: object.get("id").and_then(Value::as_str).map(Into::into),
-            object: ObjectFields::of(&object.as_object().cloned().unwrap_or_default()),
+            object: serde_json::from_value(object).unwrap_or_default(),
             payload: String::new(),
         }
     }

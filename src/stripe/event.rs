@@ -49,20 +49,6 @@ pub struct ObjectFields {
     pub created: Option<Value>,
 }
 
-impl ObjectFields {
-    /// The fields of an object already parsed whole (tests, callers holding a map).
-    pub fn of(object: &serde_json::Map<String, Value>) -> Self {
-        let field = |name: &str| object.get(name).filter(|v| !v.is_null()).cloned();
-        Self {
-            object: field("object"),
-            id: field("id"),
-            email: field("email"),
-            name: field("name"),
-            created: field("created"),
-        }
-    }
-}
-
 /// The envelope fields the log needs, each kept as the JSON value it is so that its type
 /// is checked below with a precise error; `data` stays raw until the event is known to be
 /// a customer event. Any other field is checked to be JSON and skipped unbuilt. A field
@@ -364,10 +350,6 @@ mod tests {
         };
         assert_eq!(event.object, expected);
         assert_eq!(data_object(body.as_bytes()).unwrap(), expected);
-        assert_eq!(
-            ObjectFields::of(value["data"]["object"].as_object().unwrap()),
-            expected
-        );
     }
 
     #[test]
