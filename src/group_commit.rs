@@ -1,41 +1,39 @@
 //! Group commit: concurrent deliveries share one transaction.
 //!
 //! A commit costs a disk flush (SQLite) or a round trip and a WAL flush (PostgreSQL),
-//! whatever it holds. Deliveries therefore queue here, and a committer takes everything
-//! queued (up to a bound) into one transaction. Nobody waits for a batch to fill: a lone
-//! delivery is committed at once, and batches grow only while a commit is in progress.
-//! Each caller is answered after the transaction holding its event has committed and
-//! the log is flushed, so acknowledging stays durable; the flush of one batch overlaps the
-//! writing of the next. Duplicates are detected within a batch and across
-//! batches by the store, and an event that cannot be projected is data, not a failure.
-//! If a batch fails as a whole, its events are retried one by one, so one bad event
-//! cannot fail its neighbours.
-
-use std::time::Instant;
+//! whatever it holds. Deliveries therefore queue, and a committer takes everything queued
+//! (up to a bound) into one transaction. Nobody waits for a batch to fill: a lone delivery
+//! is committed at once, and batches grow only while a commit is in progress. Each caller
+//! is answered after the transaction holding its event is durable. Duplicates are
+//! detected within a batch and across batches by the store, and an event that cannot be
+//! projected is data, not a failure. If a batch fails as a whole, its events are retried
+//! one by one, so one bad event cannot fail its neighbours.
+//!
+//! On SQLite the store's writer thread is itself such a committer (it has to be: SQLite
+//! has one writer), so deliveries go straight to it; see `store/sqlite/writer.rs`. On
+//! PostgreSQL the committers are here.
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::batch_queue;
 use crate::projection::Effect;
-use crate::store::{record_appends, AppendOutcome, Source, Store, StoreError};
+use crate::store::{AppendOutcome, Source, Store, StoreError};
 use crate::stripe::event::CustomerEvent;
 
 /// Events per transaction at most: bounds a transaction's length and its locks.
 const MAX_BATCH: usize = 512;
 /// Deliveries that may wait for a committer; beyond this, callers wait to enqueue.
 const QUEUE: usize = 8_192;
+/// PostgreSQL committers: two, so that one batch gathers while another commits. More make
+/// smaller batches, and the database's cost per statement then shows: four gave 9 events
+/// per commit against 15, and up to 20 % less throughput on 2 cores.
+const PG_COMMITTERS: usize = 2;
 
 struct Job {
     event: CustomerEvent,
     effect: Effect,
     source: Source,
     reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
-}
-
-/// The handle request handlers append through. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct GroupCommitter {
-    jobs: mpsc::Sender<Job>,
 }
 
 impl std::fmt::Debug for Job {
@@ -46,24 +44,38 @@ impl std::fmt::Debug for Job {
     }
 }
 
+/// The handle request handlers append through. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct GroupCommitter {
+    route: Route,
+}
+
+#[derive(Debug, Clone)]
+enum Route {
+    /// SQLite: the store batches.
+    Store(Store),
+    /// PostgreSQL: to the committers.
+    Committers(mpsc::Sender<Job>),
+}
+
 impl GroupCommitter {
-    /// Starts the committers on the current Tokio runtime: one for SQLite (it has one
-    /// writer), two for PostgreSQL so that one batch gathers while another commits. More
-    /// make smaller batches, and the database's cost per statement then shows: four gave
-    /// 9 events per commit against 15, and up to 20 % less throughput on 2 cores.
+    /// Starts the PostgreSQL committers on the current Tokio runtime (SQLite needs none).
     pub fn start(store: &Store) -> Self {
-        let (committers, checkpoints) = match store {
-            Store::Sqlite(_) => (1, Some(start_checkpointer(store.clone()))),
-            Store::Postgres(_) => (2, None),
+        let route = match store {
+            Store::Sqlite(_) => Route::Store(store.clone()),
+            Store::Postgres(_) => {
+                let store = store.clone();
+                let committers =
+                    batch_queue::spawn(PG_COMMITTERS, QUEUE, MAX_BATCH, move |batch| {
+                        commit(store.clone(), batch)
+                    });
+                Route::Committers(committers)
+            }
         };
-        let store = store.clone();
-        let jobs = batch_queue::spawn(committers, QUEUE, MAX_BATCH, move |batch| {
-            commit(store.clone(), batch, checkpoints.clone())
-        });
-        Self { jobs }
+        Self { route }
     }
 
-    /// Appends and projects one event; returns once it is committed (or known to be a
+    /// Appends and projects one event; returns once it is durable (or known to be a
     /// duplicate).
     pub async fn append(
         &self,
@@ -71,6 +83,14 @@ impl GroupCommitter {
         effect: Effect,
         source: Source,
     ) -> Result<AppendOutcome, StoreError> {
+        let committers = match &self.route {
+            Route::Store(store) => {
+                let mut outcomes = store.append_owned(vec![(event, effect)], source).await?;
+                // The store answers every event it is given: one here.
+                return outcomes.pop().ok_or(StoreError::BatchFailed);
+            }
+            Route::Committers(committers) => committers,
+        };
         let (reply, answer) = oneshot::channel();
         let job = Job {
             event,
@@ -78,7 +98,7 @@ impl GroupCommitter {
             source,
             reply,
         };
-        self.jobs
+        committers
             .send(job)
             .await
             .map_err(|_| StoreError::WriterStopped)?;
@@ -86,30 +106,12 @@ impl GroupCommitter {
     }
 }
 
-/// SQLite: copies the log into the database file on a task of its own, after commits, so
-/// the single writer seldom has to (it still does when the log passes 16 MiB, which then
-/// takes little, and lets the log start over). A signal that arrives while a checkpoint
-/// runs is kept (capacity 1), so the last commit is always followed by one. Stops when
-/// the committers do.
-fn start_checkpointer(store: Store) -> mpsc::Sender<()> {
-    let (signal, mut due) = mpsc::channel(1);
-    tokio::spawn(async move {
-        while due.recv().await.is_some() {
-            if let Err(error) = store.checkpoint().await {
-                tracing::warn!(%error, "background checkpoint failed; the writer will do it");
-            }
-        }
-    });
-    signal
-}
-
-/// One batch: commit it, then answer each caller once it is durable. The flush runs on a
-/// task of its own, so the committer writes the next batch meanwhile (see
-/// [`Store::flush_log`]).
-async fn commit(store: Store, batch: Vec<Job>, checkpoints: Option<mpsc::Sender<()>>) {
+/// One batch: commit it, then answer each caller (a PostgreSQL commit is durable when it
+/// returns).
+async fn commit(store: Store, batch: Vec<Job>) {
     crate::metrics::batch_committed(batch.len());
-    // One `append_many` takes one source; webhooks are the only caller today, so a mixed
-    // batch is the rare case and is committed event by event.
+    // One append takes one source; webhooks are the only caller today, so a mixed batch
+    // is the rare case and is committed event by event.
     let source = batch[0].source;
     if batch.iter().any(|job| job.source != source) {
         for job in batch {
@@ -118,7 +120,6 @@ async fn commit(store: Store, batch: Vec<Job>, checkpoints: Option<mpsc::Sender<
         }
         return;
     }
-    let started = Instant::now();
     let (events, replies): (Vec<_>, Vec<_>) = batch
         .into_iter()
         .map(|job| ((job.event, job.effect), job.reply))
@@ -127,23 +128,12 @@ async fn commit(store: Store, batch: Vec<Job>, checkpoints: Option<mpsc::Sender<
         .iter()
         .map(|(event, effect)| (event, effect))
         .collect();
-    match store.append_unflushed(&refs, source).await {
+    match store.append_refs(&refs, source).await {
         Ok(outcomes) => {
-            if let Some(checkpoints) = checkpoints {
-                // Full means one is already due.
-                let _ = checkpoints.try_send(());
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                // A caller that went away (client disconnected) needs no answer.
+                let _ = reply.send(Ok(outcome));
             }
-            tokio::spawn(async move {
-                if let Err(error) = store.flush_log().await {
-                    return batch_queue::fail_all(replies, error);
-                }
-                let events = events.iter().map(|(event, _)| event);
-                record_appends(events, source, started, &outcomes);
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    // A caller that went away (client disconnected) needs no answer.
-                    let _ = reply.send(Ok(outcome));
-                }
-            });
         }
         // Only a statement the database refused can be one event's fault; a lost
         // connection or a full pool fails everyone alike, at once.

@@ -58,6 +58,8 @@ pub enum StoreError {
     WriterStopped,
     #[error("the lookup readers have stopped")]
     ReaderStopped,
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// Another event's failure, shared by everything committed with it.
     #[error("the transaction holding this event failed")]
     BatchFailed,
@@ -164,6 +166,66 @@ impl<'a> EventRow<'a> {
                 Effect::Snapshot(_) | Effect::None => None,
             },
         }
+    }
+}
+
+/// A batch as the backends write it: each event id once (its first delivery: a repeat
+/// within the batch is a duplicate too), sorted by id, and the event id of each
+/// customer's newest snapshot in the batch, sorted by customer key, so concurrent batches
+/// take locks in one order.
+struct AppendPlan<'a> {
+    events: &'a [(&'a CustomerEvent, &'a Effect)],
+    /// Positions in `events` of the rows, in the same order.
+    candidates: Vec<usize>,
+    rows: Vec<EventRow<'a>>,
+    newest: Vec<String>,
+}
+
+impl<'a> AppendPlan<'a> {
+    fn new(events: &'a [(&'a CustomerEvent, &'a Effect)]) -> Self {
+        // A stable sort keeps the first delivery of a repeated id first: that one may be new.
+        let mut candidates: Vec<usize> = (0..events.len()).collect();
+        candidates.sort_by(|&a, &b| events[a].0.id.cmp(&events[b].0.id));
+        candidates.dedup_by(|later, earlier| events[*later].0.id == events[*earlier].0.id);
+        let rows = candidates
+            .iter()
+            .map(|&i| EventRow::new(events[i].0, events[i].1))
+            .collect();
+        let snapshots = candidates.iter().filter_map(|&i| match events[i] {
+            (event, Effect::Snapshot(snapshot)) => Some(Projected::new(event, snapshot.clone())),
+            _ => None,
+        });
+        let newest = crate::projection::newest_per_customer(snapshots.collect())
+            .into_iter()
+            .map(|row| row.snapshot.version.event_id.to_string())
+            .collect();
+        Self {
+            events,
+            candidates,
+            rows,
+            newest,
+        }
+    }
+
+    /// Each event's outcome, in input order, from the `(seq, event_id)` of the rows the
+    /// backend found new.
+    fn outcomes(self, stored: Vec<(i64, String)>) -> Vec<AppendOutcome> {
+        let stored: std::collections::HashMap<String, i64> =
+            stored.into_iter().map(|(seq, id)| (id, seq)).collect();
+        let mut outcomes = vec![AppendOutcome::Duplicate; self.events.len()];
+        for i in self.candidates {
+            let (event, effect) = self.events[i];
+            if let Some(&seq) = stored.get(event.id.as_str()) {
+                outcomes[i] = AppendOutcome::Stored {
+                    seq,
+                    projection_error: match effect {
+                        Effect::Error(reason) => Some(reason.clone()),
+                        Effect::Snapshot(_) | Effect::None => None,
+                    },
+                };
+            }
+        }
+        outcomes
     }
 }
 
@@ -396,58 +458,43 @@ impl Store {
     }
 
     /// The one path every source (webhook, import, API) appends through: durable before
-    /// it returns.
-    async fn append_refs(
+    /// it returns. On SQLite, the writer thread commits everything queued together, so
+    /// these events may share their transaction with other callers'; see
+    /// [`Store::append_owned`] to hand them over without a copy.
+    pub(crate) async fn append_refs(
         &self,
         events: &[(&CustomerEvent, &Effect)],
         source: Source,
     ) -> Result<Vec<AppendOutcome>, StoreError> {
-        let started = Instant::now();
-        let outcomes = self.append_unflushed(events, source).await?;
-        self.flush_log().await?;
-        record_appends(
-            events.iter().map(|(event, _)| *event),
-            source,
-            started,
-            &outcomes,
-        );
-        Ok(outcomes)
+        match self {
+            Self::Sqlite(s) => {
+                let owned = events.iter().map(|&(e, f)| (e.clone(), f.clone()));
+                s.append(owned.collect(), source).await
+            }
+            Self::Postgres(s) => {
+                let started = Instant::now();
+                let outcomes = postgres::append_many(&s.pool, events, source).await?;
+                let appended = events.iter().map(|(event, _)| *event);
+                record_appends(appended, source, started, &outcomes);
+                Ok(outcomes)
+            }
+        }
     }
 
-    /// Appends and projects in one transaction, committed (readers see it) but durable
-    /// only once [`Store::flush_log`] returns after it. Group commit writes the next batch
-    /// while this one is flushed, and answers nobody before.
-    pub(crate) async fn append_unflushed(
+    /// [`Store::append_refs`] for events the caller gives away.
+    pub(crate) async fn append_owned(
         &self,
-        events: &[(&CustomerEvent, &Effect)],
+        events: Vec<(CustomerEvent, Effect)>,
         source: Source,
     ) -> Result<Vec<AppendOutcome>, StoreError> {
-        Ok(match self {
-            Self::Sqlite(s) => sqlite::queries::append_many(&s.writer, events, source).await?,
-            Self::Postgres(s) => postgres::queries::append_many(&s.pool, events, source).await?,
-        })
-    }
-
-    /// SQLite: copies what it can of the write-ahead log into the database file without
-    /// waiting for readers or blocking the writer (a passive checkpoint). Nothing to do on
-    /// PostgreSQL.
-    pub(crate) async fn checkpoint(&self) -> Result<(), StoreError> {
         match self {
-            Self::Sqlite(s) => s.checkpoint().await?,
-            Self::Postgres(_) => {}
+            // Counted by the flusher, once durable.
+            Self::Sqlite(s) => s.append(events, source).await,
+            Self::Postgres(_) => {
+                let refs: Vec<_> = events.iter().map(|(e, f)| (e, f)).collect();
+                self.append_refs(&refs, source).await
+            }
         }
-        Ok(())
-    }
-
-    /// Makes every append committed so far durable. SQLite commits without flushing its
-    /// log under the write lock (see `sqlite.rs`), so this flushes it; a PostgreSQL commit
-    /// is already durable when it returns.
-    pub async fn flush_log(&self) -> Result<(), StoreError> {
-        match self {
-            Self::Sqlite(s) => s.flush_log().await?,
-            Self::Postgres(_) => {}
-        }
-        Ok(())
     }
 
     /// The customer checkout should use for this email on this account.

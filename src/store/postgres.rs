@@ -12,8 +12,11 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
-use super::{in_key_order, Customer, EventRow, NumberedCustomer, Source};
-use crate::projection::PROJECTION_VERSION;
+use super::{
+    in_key_order, AppendOutcome, AppendPlan, Customer, EventRow, NumberedCustomer, Source,
+};
+use crate::projection::{Effect, PROJECTION_VERSION};
+use crate::stripe::event::CustomerEvent;
 
 type Db = Postgres;
 
@@ -88,18 +91,20 @@ static APPEND_BATCH: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Appends `rows` and projects the events named in `newest` that were new, in one
-/// statement; returns `(seq, event_id)` of the rows that were new.
-pub(super) async fn append_rows(
+/// Appends many events, each idempotent on its id (a repeat within the batch is a
+/// duplicate too), and projects them, in one statement (see [`APPEND_BATCH`]): a round
+/// trip to the database is what a batch shares, so it pays one. Outcomes in input order.
+pub(super) async fn append_many(
     pool: &PgPool,
-    rows: &[EventRow<'_>],
-    newest: &[String],
+    events: &[(&CustomerEvent, &Effect)],
     source: Source,
-) -> Result<Vec<(i64, String)>, sqlx::Error> {
+) -> Result<Vec<AppendOutcome>, sqlx::Error> {
     fn column<'r, T>(rows: &'r [EventRow<'_>], field: impl Fn(&'r EventRow<'_>) -> T) -> Vec<T> {
         rows.iter().map(field).collect()
     }
-    sqlx::query_as(&APPEND_BATCH)
+    let plan = AppendPlan::new(events);
+    let (rows, newest) = (&plan.rows, &plan.newest);
+    let stored = sqlx::query_as(&APPEND_BATCH)
         .bind(column(rows, |r| r.event_id))
         .bind(column(rows, |r| r.account))
         .bind(column(rows, |r| r.event_type))
@@ -118,7 +123,8 @@ pub(super) async fn append_rows(
         .bind(PROJECTION_VERSION)
         .bind(newest)
         .fetch_all(pool)
-        .await
+        .await?;
+    Ok(plan.outcomes(stored))
 }
 
 /// Checkout's customer for each `(account, livemode, email key)`, in order, in one

@@ -5,12 +5,11 @@
 
 use sqlx::{Pool, Transaction};
 
-use crate::projection::{Effect, Projected, PROJECTION_VERSION};
-use crate::stripe::event::CustomerEvent;
+use crate::projection::{Projected, PROJECTION_VERSION};
 
 use crate::store::{
-    AppendOutcome, CustomerCounts, Difference, EventRow, LogRecord, LogSummary, LoggedEvent,
-    ProjectedCustomer, Source, Status,
+    CustomerCounts, Difference, LogRecord, LogSummary, LoggedEvent,
+    ProjectedCustomer, Status,
 };
 
 /// Rule 5: the oldest live customer with this email, then the smallest id.
@@ -132,55 +131,6 @@ fn statement_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
         rows = rest;
         Some(chunk)
     })
-}
-
-/// Appends many events in one transaction, each idempotent on its id (a repeat within the
-/// batch is a duplicate too), and projects them. The backend runs the whole batch as one
-/// command (see `append_rows` in sqlite.rs and postgres.rs): a round trip to the database
-/// is what a batch shares, so it pays one. Event ids go in sorted, and the customer rows
-/// each customer's newest snapshot, so concurrent batches take locks in one order.
-/// Outcomes are in input order.
-pub(in crate::store) async fn append_many(
-    pool: &Pool<Db>,
-    events: &[(&CustomerEvent, &Effect)],
-    source: Source,
-) -> Result<Vec<AppendOutcome>, sqlx::Error> {
-    // A stable sort keeps the first delivery of a repeated id first: that one may be new.
-    let mut candidates: Vec<usize> = (0..events.len()).collect();
-    candidates.sort_by(|&a, &b| events[a].0.id.cmp(&events[b].0.id));
-    candidates.dedup_by(|later, earlier| events[*later].0.id == events[*earlier].0.id);
-    let rows: Vec<EventRow> = candidates
-        .iter()
-        .map(|&i| EventRow::new(events[i].0, events[i].1))
-        .collect();
-    let snapshots = candidates.iter().filter_map(|&i| match events[i] {
-        (event, Effect::Snapshot(snapshot)) => Some(Projected::new(event, snapshot.clone())),
-        _ => None,
-    });
-    let newest: Vec<String> = crate::projection::newest_per_customer(snapshots.collect())
-        .into_iter()
-        .map(|row| row.snapshot.version.event_id.to_string())
-        .collect();
-    let stored: std::collections::HashMap<String, i64> =
-        super::append_rows(pool, &rows, &newest, source)
-            .await?
-            .into_iter()
-            .map(|(seq, id)| (id, seq))
-            .collect();
-    let mut outcomes = vec![AppendOutcome::Duplicate; events.len()];
-    for i in candidates {
-        let (event, effect) = events[i];
-        if let Some(&seq) = stored.get(event.id.as_str()) {
-            outcomes[i] = AppendOutcome::Stored {
-                seq,
-                projection_error: match effect {
-                    Effect::Error(reason) => Some(reason.clone()),
-                    Effect::Snapshot(_) | Effect::None => None,
-                },
-            };
-        }
-    }
-    Ok(outcomes)
 }
 
 /// Writes snapshots into `table` with multi-row statements, each row only where it is

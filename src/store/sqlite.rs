@@ -1,20 +1,22 @@
 //! The embedded backend: one SQLite file in WAL mode.
 //!
-//! SQLite takes one writer at a time, so writes go through a one-connection pool (callers
-//! queue in process instead of spinning on SQLITE_BUSY) while reads use their own pool and
-//! proceed during writes.
+//! SQLite takes one writer at a time. Appends go to one writer thread with a connection of
+//! its own, which commits everything queued in one transaction (see `writer.rs`); the few
+//! other writes (migrations, rebuilds, pruning) use a one-connection pool, so they queue in
+//! process instead of spinning on SQLITE_BUSY. Reads use their own pool and proceed
+//! during writes.
 //!
 //! Durability: the writer commits with `synchronous=NORMAL`, which writes the commit to the
-//! write-ahead log without waiting for the disk, and [`SqliteStore::flush_log`] then
-//! fsyncs the log; every append waits for that flush before it returns, and group commit
-//! answers no delivery before it. The flush is thus out of the write lock: the next batch
-//! is written while this one reaches the disk, where `synchronous=FULL` would flush under
-//! the lock, one batch at a time. The log is written in order, so a flush covers every
-//! commit before it, and a power loss keeps a prefix of the commits. A reader may see a
-//! commit a few milliseconds before it is durable; if the machine then loses power, that
-//! event is gone, unacknowledged, and Stripe delivers it again.
+//! write-ahead log without waiting for the disk, and the flusher thread then fsyncs the
+//! log; no append returns before that flush. The flush is thus out of the write lock: the
+//! next batch is written while this one reaches the disk, where `synchronous=FULL` would
+//! flush under the lock, one batch at a time. The log is written in order, so a flush
+//! covers every commit before it, and a power loss keeps a prefix of the commits. A reader
+//! may see a commit a few milliseconds before it is durable; if the machine then loses
+//! power, that event is gone, unacknowledged, and Stripe delivers it again.
 
-use std::path::PathBuf;
+mod writer;
+
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -22,8 +24,9 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
 
-use super::{in_key_order, Customer, EventRow, NumberedCustomer, Source};
-use crate::projection::PROJECTION_VERSION;
+use super::{in_key_order, AppendOutcome, Customer, NumberedCustomer, Source, StoreError};
+use crate::projection::Effect;
+use crate::stripe::event::CustomerEvent;
 
 type Db = Sqlite;
 
@@ -42,8 +45,7 @@ const READERS: u32 = 4;
 pub struct SqliteStore {
     pub(super) writer: SqlitePool,
     pub(super) reader: SqlitePool,
-    /// The write-ahead log's file, which [`SqliteStore::flush_log`] fsyncs.
-    wal: PathBuf,
+    appender: writer::Appender,
 }
 
 /// Checks a `sqlite:` URL without opening it.
@@ -60,26 +62,13 @@ pub(super) fn options(url: &str) -> Result<SqliteConnectOptions, sqlx::Error> {
 }
 
 impl SqliteStore {
-    pub(super) async fn connect(options: SqliteConnectOptions) -> Result<Self, sqlx::Error> {
+    pub(super) async fn connect(options: SqliteConnectOptions) -> Result<Self, StoreError> {
+        // Creates the file when missing, before the appender's connections open it.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
             .acquire_timeout(BUSY_TIMEOUT)
-            // The writer reads pages through a memory map of the file's first 64 MiB
-            // instead of a read() copy each: with a large log, each commit reads index
-            // pages that are not in the page cache. The mapped pages count in the
-            // process's resident memory (they are the OS's file cache), hence 64 MiB, not
-            // more. Readers gain nothing from it and would each map the file.
-            // Its page cache holds 16 MiB (SQLite's default, 2 MiB, is 125 of our pages,
-            // about what two batches dirty): ingestion +0-11 % in five pairs of runs, p99
-            // lower, peak RSS lower too (fewer pages read through the map).
-            .connect_with(
-                options
-                    .clone()
-                    .synchronous(SqliteSynchronous::Normal)
-                    .pragma("mmap_size", "67108864")
-                    .pragma("cache_size", "-16384"),
-            )
+            .connect_with(options.clone())
             .await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
@@ -87,135 +76,26 @@ impl SqliteStore {
             .acquire_timeout(BUSY_TIMEOUT)
             .connect_with(options.clone())
             .await?;
-        let mut wal = options.get_filename().as_os_str().to_owned();
-        wal.push("-wal");
+        let appender = writer::Appender::start(options.get_filename())?;
         Ok(Self {
             writer,
             reader,
-            wal: wal.into(),
+            appender,
         })
     }
 
-    /// A passive checkpoint, on a reader connection so that it runs beside the writer.
-    pub(super) async fn checkpoint(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&self.reader)
-            .await
-            .map(drop)
-    }
-
-    /// Makes every commit so far durable: fsync of the write-ahead log, on a blocking
-    /// thread. With no log file there is nothing to flush: SQLite removes it only after
-    /// copying it into the database file and syncing that, when its last connection closes.
-    pub(super) async fn flush_log(&self) -> Result<(), sqlx::Error> {
-        let wal = self.wal.clone();
-        let flushed = tokio::task::spawn_blocking(move || match std::fs::File::open(&wal) {
-            Ok(log) => log.sync_data(),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(error) => Err(error),
-        })
-        .await
-        .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?;
-        flushed.map_err(sqlx::Error::Io)
+    /// Appends and projects `events` in one transaction (shared with whatever else is
+    /// appended meanwhile); returns once it is durable.
+    pub(super) async fn append(
+        &self,
+        events: Vec<(CustomerEvent, Effect)>,
+        source: Source,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        self.appender.append(events, source).await
     }
 
     pub(super) async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         MIGRATOR.run(&self.writer).await
-    }
-}
-
-/// Appends `rows` and projects the events named in `newest`, in one transaction sent as
-/// ONE command to the connection's thread (sqlx runs each SQLite connection on a thread
-/// of its own, and on a busy machine each hand-over costs more than the statements).
-/// Returns `(seq, event_id)` of the rows that were new.
-///
-/// The rows are padded to a power of two with copies of the last one (a copy is a
-/// duplicate id, which inserts nothing and returns nothing), so ten command texts serve
-/// every batch size and stay prepared. The customer rows are read back from the log rows
-/// of each customer's newest event in the batch, so what is projected is what the log
-/// holds; for an event that was already there this rewrites nothing (its snapshot is
-/// already applied, or superseded).
-pub(super) async fn append_rows(
-    pool: &SqlitePool,
-    rows: &[EventRow<'_>],
-    newest: &[String],
-    source: Source,
-) -> Result<Vec<(i64, String)>, sqlx::Error> {
-    let Some(last) = rows.last() else {
-        return Ok(Vec::new());
-    };
-    let padding = std::iter::repeat_n(last, rows.len().next_power_of_two() - rows.len());
-    let mut command = sqlx::QueryBuilder::<Sqlite>::new("BEGIN IMMEDIATE;");
-    command.push(queries::INSERT_EVENTS_HEAD);
-    command.push_values(rows.iter().chain(padding), |mut values, row| {
-        values
-            .push_bind(row.event_id)
-            .push_bind(row.account)
-            .push_bind(row.event_type)
-            .push_bind(row.created)
-            .push_bind(row.livemode)
-            .push_bind(row.object_id)
-            .push_bind(row.payload)
-            .push_bind(row.customer_id)
-            .push_bind(row.email)
-            .push_bind(row.email_key)
-            .push_bind(row.name)
-            .push_bind(row.customer_created)
-            .push_bind(row.version.as_deref())
-            .push_bind(row.projection_error)
-            .push_bind(source.as_str())
-            .push_bind(PROJECTION_VERSION);
-    });
-    command.push(" ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id;");
-    command.push(queries::UPSERT_CUSTOMERS_HEAD.replace("{table}", "customers"));
-    command.push(
-        "SELECT e.account, e.livemode, e.customer_id, e.email, e.email_key, e.name,
-                e.customer_created, substr(e.version, 1, 1) = '1', e.version, e.event_id,
-                e.created
-         FROM json_each(",
-    );
-    command.push_bind(to_json(newest)?);
-    command.push(
-        ") AS newest JOIN events AS e ON e.event_id = newest.value
-         WHERE e.version IS NOT NULL",
-    );
-    command.push(queries::UPSERT_CUSTOMERS_TAIL);
-    command.push("; COMMIT");
-    let mut connection = ClosedUnlessFinished(Some(pool.acquire().await?));
-    let stored = command.build_query_as().fetch_all(connection.get()).await?;
-    connection.finished();
-    Ok(stored)
-}
-
-fn to_json(value: &(impl serde::Serialize + ?Sized)) -> Result<String, sqlx::Error> {
-    serde_json::to_string(value).map_err(|e| sqlx::Error::Encode(e.into()))
-}
-
-/// A pooled connection running a transaction that its command began and ends itself,
-/// which sqlx does not track. Should the command fail, or its future be dropped half-way,
-/// the transaction may still be open, so the connection is closed (SQLite rolls back)
-/// rather than handed back to the pool; the pool opens a new one when needed.
-struct ClosedUnlessFinished(Option<PoolConnection<Sqlite>>);
-
-impl ClosedUnlessFinished {
-    fn get(&mut self) -> &mut sqlx::SqliteConnection {
-        // `Some` from construction until `finished` or `drop`, which both consume it.
-        self.0
-            .as_deref_mut()
-            .expect("connection present until finished")
-    }
-
-    /// The command ran to its end (`COMMIT`): the connection may serve again.
-    fn finished(mut self) {
-        self.0.take();
-    }
-}
-
-impl Drop for ClosedUnlessFinished {
-    fn drop(&mut self) {
-        if let Some(connection) = self.0.take() {
-            drop(connection.detach());
-        }
     }
 }
 
