@@ -121,7 +121,7 @@ pub(super) const UPSERT_CUSTOMERS_TAIL: &str = "
 /// Splits rows into chunks whose sizes are powers of two (at most `ROWS_PER_STATEMENT`),
 /// so that a handful of statement shapes serve every batch size and stay prepared in the
 /// connection's statement cache instead of being parsed again for each batch.
-fn statement_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+pub(super) fn statement_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
         if rows.is_empty() {
             return None;

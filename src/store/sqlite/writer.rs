@@ -22,10 +22,12 @@ use std::time::Instant;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use super::queries::{INSERT_EVENTS_HEAD, UPSERT_CUSTOMERS_HEAD, UPSERT_CUSTOMERS_TAIL};
+use super::queries::{
+    statement_chunks, INSERT_EVENTS_HEAD, UPSERT_CUSTOMERS_HEAD, UPSERT_CUSTOMERS_TAIL,
+};
 use super::BUSY_TIMEOUT;
 use crate::projection::{Effect, PROJECTION_VERSION};
-use crate::store::{record_appends, AppendOutcome, AppendPlan, Source, StoreError};
+use crate::store::{record_appends, AppendOutcome, AppendPlan, EventRow, Source, StoreError};
 use crate::stripe::event::CustomerEvent;
 
 /// Appends that may wait for the writer; beyond this, callers wait to enqueue.
@@ -206,11 +208,12 @@ fn fail_all(jobs: Vec<Job>, error: StoreError) {
 }
 
 /// Appends every job's events and projects them, in one transaction; outcomes in order,
-/// job after job. Each row is one execution of one prepared statement (SQLite runs in
-/// this thread: a statement costs no round trip), then the customer rows are read back
-/// from the log rows of each customer's newest event in the batch, so what is projected
-/// is what the log holds; for an event that was already there this rewrites nothing (its
-/// snapshot is already applied, or superseded).
+/// job after job. The rows go in with multi-row statements whose sizes are powers of two
+/// (so a few texts serve every batch and stay prepared); one statement per row would
+/// cost SQLite a statement journal per row, which copies each page the row touches.
+/// Then the customer rows are read back from the log rows of each customer's newest event
+/// in the batch, so what is projected is what the log holds; for an event that was
+/// already there this rewrites nothing (its snapshot is already applied, or superseded).
 fn write(connection: &mut Connection, jobs: &[Job]) -> Result<Vec<AppendOutcome>, rusqlite::Error> {
     let events: Vec<(&CustomerEvent, &Effect)> = jobs
         .iter()
@@ -221,48 +224,61 @@ fn write(connection: &mut Connection, jobs: &[Job]) -> Result<Vec<AppendOutcome>
         .flat_map(|job| std::iter::repeat_n(job.source, job.events.len()))
         .collect();
     let plan = AppendPlan::new(&events);
+    let rows: Vec<(&EventRow, Source)> = plan
+        .rows
+        .iter()
+        .zip(&plan.candidates)
+        .map(|(row, &i)| (row, sources[i]))
+        .collect();
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut stored = Vec::with_capacity(plan.rows.len());
-    {
-        let mut insert = transaction.prepare_cached(&insert_event_sql())?;
-        for (row, &i) in plan.rows.iter().zip(&plan.candidates) {
-            let mut new = insert.query(rusqlite::params![
-                row.event_id,
-                row.account,
-                row.event_type,
-                row.created,
-                row.livemode,
-                row.object_id,
-                row.payload,
-                row.customer_id,
-                row.email,
-                row.email_key,
-                row.name,
-                row.customer_created,
-                row.version,
-                row.projection_error,
-                sources[i].as_str(),
-                PROJECTION_VERSION,
-            ])?;
-            if let Some(new) = new.next()? {
-                stored.push((new.get(0)?, row.event_id.to_owned()));
-            }
+    let mut stored = Vec::with_capacity(rows.len());
+    for chunk in statement_chunks(&rows) {
+        let mut insert = transaction.prepare_cached(&insert_events_sql(chunk.len()))?;
+        let mut column = 0;
+        let mut bind = |value: &dyn rusqlite::ToSql| {
+            column += 1;
+            insert.raw_bind_parameter(column, value)
+        };
+        for (row, source) in chunk {
+            bind(&row.event_id)?;
+            bind(&row.account)?;
+            bind(&row.event_type)?;
+            bind(&row.created)?;
+            bind(&row.livemode)?;
+            bind(&row.object_id)?;
+            bind(&row.payload)?;
+            bind(&row.customer_id)?;
+            bind(&row.email)?;
+            bind(&row.email_key)?;
+            bind(&row.name)?;
+            bind(&row.customer_created)?;
+            bind(&row.version)?;
+            bind(&row.projection_error)?;
+            bind(&source.as_str())?;
+            bind(&PROJECTION_VERSION)?;
         }
-        let newest = serde_json::to_string(&plan.newest)
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
-        transaction
-            .prepare_cached(&project_newest_sql())?
-            .execute([newest])?;
+        let mut new = insert.raw_query();
+        while let Some(row) = new.next()? {
+            stored.push((row.get(0)?, row.get(1)?));
+        }
     }
+    let newest = serde_json::to_string(&plan.newest)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+    transaction
+        .prepare_cached(&project_newest_sql())?
+        .execute([newest])?;
     transaction.commit()?;
     Ok(plan.outcomes(stored))
 }
 
-fn insert_event_sql() -> String {
+/// Inserts `rows` event rows, each of [`EventRow`]'s columns then source and projection
+/// version; returns `(seq, event_id)` of the rows that were new.
+fn insert_events_sql(rows: usize) -> String {
+    let row = format!("({})", vec!["?"; 16].join(", "));
     format!(
-        "{INSERT_EVENTS_HEAD} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
-                                       ?14, ?15, ?16)
-         ON CONFLICT (event_id) DO NOTHING RETURNING seq"
+        "{INSERT_EVENTS_HEAD} VALUES {}
+         ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id",
+        vec![row; rows].join(", ")
     )
 }
 
