@@ -586,7 +586,7 @@ impl Store {
         let token = chrono::Utc::now().timestamp_micros().to_string();
         let table = Rebuild::table_for(kind);
         let horizon = match self {
-            Self::Sqlite(s) => sqlite::queries::start_rebuild(&s.writer, table).await?,
+            Self::Sqlite(s) => sqlite::queries::start_rebuild(&s.maintenance, table).await?,
             Self::Postgres(s) => postgres::queries::start_rebuild(&s.pool, table).await?,
         };
         Ok(Rebuild {
@@ -636,7 +636,7 @@ impl Store {
         let (table, token, upto) = (rebuild.table(), rebuild.token.as_str(), rebuild.horizon);
         Ok(match self {
             Self::Sqlite(s) => {
-                sqlite::rebuild_from_columns(&s.writer, table, token, upto, current).await?
+                sqlite::rebuild_from_columns(&s.maintenance, table, token, upto, current).await?
             }
             Self::Postgres(s) => {
                 postgres::rebuild_from_columns(&s.pool, table, token, upto, current).await?
@@ -652,7 +652,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let table = rebuild.table();
         match self {
-            Self::Sqlite(s) => sqlite::queries::write_rows(&s.writer, table, rows).await?,
+            Self::Sqlite(s) => sqlite::queries::write_rows(&s.maintenance, table, rows).await?,
             Self::Postgres(s) => postgres::queries::write_rows(&s.pool, table, rows).await?,
         }
         Ok(())
@@ -671,7 +671,8 @@ impl Store {
         let horizon = rebuild.horizon;
         Ok(match self {
             Self::Sqlite(s) => {
-                sqlite::queries::finish_rebuild(&s.writer, table, horizon, swap, project).await?
+                sqlite::queries::finish_rebuild(&s.maintenance, table, horizon, swap, project)
+                    .await?
             }
             Self::Postgres(s) => {
                 postgres::queries::finish_rebuild(&s.pool, table, horizon, swap, project).await?
@@ -683,7 +684,9 @@ impl Store {
     /// the same customer supersedes. Returns how many were removed.
     pub async fn prune_superseded(&self, older_than: i64) -> Result<u64, StoreError> {
         Ok(match self {
-            Self::Sqlite(s) => sqlite::queries::prune_superseded(&s.writer, older_than).await?,
+            Self::Sqlite(s) => {
+                sqlite::queries::prune_superseded(&s.maintenance, older_than).await?
+            }
             Self::Postgres(s) => postgres::queries::prune_superseded(&s.pool, older_than).await?,
         })
     }

@@ -43,13 +43,21 @@ const READERS: u32 = 4;
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pub(super) writer: SqlitePool,
+    /// Writes other than appends: migrations, rebuilds, pruning.
+    pub(super) maintenance: SqlitePool,
     pub(super) reader: SqlitePool,
     appender: writer::Appender,
 }
 
-/// Checks a `sqlite:` URL without opening it.
+/// Checks a `sqlite:` URL without opening it. An in-memory database is refused: it would
+/// lose every acknowledged event at exit, and the appender's connections (see `writer.rs`)
+/// could not share it.
 pub(super) fn options(url: &str) -> Result<SqliteConnectOptions, sqlx::Error> {
+    if url.contains(":memory:") || url.contains("mode=memory") {
+        return Err(sqlx::Error::Configuration(
+            "names an in-memory SQLite database, which keeps nothing: give a file".into(),
+        ));
+    }
     Ok(SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -64,7 +72,7 @@ pub(super) fn options(url: &str) -> Result<SqliteConnectOptions, sqlx::Error> {
 impl SqliteStore {
     pub(super) async fn connect(options: SqliteConnectOptions) -> Result<Self, StoreError> {
         // Creates the file when missing, before the appender's connections open it.
-        let writer = SqlitePoolOptions::new()
+        let maintenance = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
             .acquire_timeout(BUSY_TIMEOUT)
@@ -78,7 +86,7 @@ impl SqliteStore {
             .await?;
         let appender = writer::Appender::start(options.get_filename())?;
         Ok(Self {
-            writer,
+            maintenance,
             reader,
             appender,
         })
@@ -95,7 +103,7 @@ impl SqliteStore {
     }
 
     pub(super) async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        MIGRATOR.run(&self.writer).await
+        MIGRATOR.run(&self.maintenance).await
     }
 }
 

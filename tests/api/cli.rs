@@ -31,6 +31,7 @@ fn serve_without_a_webhook_secret_exits_2() {
 #[test]
 fn bad_database_url_bad_flag_and_bad_values_exit_2() {
     assert_usage_error(&run("mysql://localhost/x", &["status"]), "DATABASE_URL");
+    assert_usage_error(&run("sqlite::memory:", &["status"]), "in-memory");
     assert_usage_error(
         &run("postgres://u:p@host:notaport/db", &["status"]),
         "DATABASE_URL",
