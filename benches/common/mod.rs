@@ -156,31 +156,34 @@ pub async fn fill(store: &Store, n: usize, accounts: usize) {
 /// that no id or customer of the measured run is already in the log.
 pub const PREFILL_FIRST: usize = 1_000_000_000;
 
-/// Fills the log with the events numbered `range` (see [`customer_event`]).
+/// Fills the log with the events numbered `range` (see [`customer_event`]), in batches of
+/// 1,000, four at a time (on SQLite the writer then joins them into larger transactions).
 pub async fn fill_range(store: &Store, range: std::ops::Range<usize>, accounts: usize) {
+    use futures_util::StreamExt;
     let platform = AccountId::parse("platform").unwrap();
-    let mut batch: Vec<(CustomerEvent, projection::Effect)> = Vec::with_capacity(1_000);
-    for i in range {
-        let body = customer_event(i, accounts, false);
-        let Ok(Delivery::Customer(event)) = event::parse(body.as_bytes(), &platform) else {
-            unreachable!("generated events parse")
-        };
-        let effect = projection::effect_of(&event);
-        batch.push((event, effect));
-        if batch.len() == 1_000 {
-            store
-                .append_many(&batch, Source::Import)
-                .await
-                .expect("fill");
-            batch.clear();
-        }
-    }
-    if !batch.is_empty() {
-        store
-            .append_many(&batch, Source::Import)
-            .await
-            .expect("fill");
-    }
+    let starts = range.clone().step_by(1_000);
+    futures_util::stream::iter(starts)
+        .for_each_concurrent(4, |start| {
+            let batch: Vec<(CustomerEvent, projection::Effect)> = (start
+                ..range.end.min(start + 1_000))
+                .map(|i| {
+                    let body = customer_event(i, accounts, false);
+                    let Ok(Delivery::Customer(event)) = event::parse(body.as_bytes(), &platform)
+                    else {
+                        unreachable!("generated events parse")
+                    };
+                    let effect = projection::effect_of(&event);
+                    (event, effect)
+                })
+                .collect();
+            async move {
+                store
+                    .append_many(&batch, Source::Import)
+                    .await
+                    .expect("fill");
+            }
+        })
+        .await;
 }
 
 /// A release `serve` process.
