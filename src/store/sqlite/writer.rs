@@ -115,7 +115,7 @@ fn open(path: &Path, extra: &str) -> Result<Connection, rusqlite::Error> {
     Ok(connection)
 }
 
-pub(super) fn wal_path(database: &Path) -> PathBuf {
+fn wal_path(database: &Path) -> PathBuf {
     let mut wal = database.as_os_str().to_owned();
     wal.push("-wal");
     wal.into()
