@@ -530,7 +530,7 @@ impl Store {
             })
             .collect();
         let mut answers = match self {
-            Self::Sqlite(s) => sqlite::canonical_many(&s.reader, &keys).await?,
+            Self::Sqlite(s) => s.canonical_many(&keys).await?,
             Self::Postgres(s) => postgres::canonical_many(&s.pool, &keys).await?,
         }
         .into_iter();

@@ -15,8 +15,10 @@
 //! may see a commit a few milliseconds before it is durable; if the machine then loses
 //! power, that event is gone, unacknowledged, and Stripe delivers it again.
 
+mod readers;
 mod writer;
 
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -24,7 +26,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
 
-use super::{in_key_order, AppendOutcome, Customer, NumberedCustomer, Source, StoreError};
+use super::{in_key_order, AppendOutcome, Customer, Source, StoreError};
 use crate::projection::Effect;
 use crate::stripe::event::CustomerEvent;
 
@@ -40,6 +42,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// How long a writer waits for another process (say `replay`) to release the database.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const READERS: u32 = 4;
+/// Threads that answer checkout's lookups: one per lookup query in flight (see
+/// `lookup_batch`).
+const LOOKUP_READERS: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -47,6 +52,7 @@ pub struct SqliteStore {
     pub(super) maintenance: SqlitePool,
     pub(super) reader: SqlitePool,
     appender: writer::Appender,
+    lookups: readers::Readers,
 }
 
 /// Checks a `sqlite:` URL without opening it. An in-memory database is refused: it would
@@ -85,10 +91,12 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         let appender = writer::Appender::start(options.get_filename())?;
+        let lookups = readers::Readers::start(options.get_filename(), LOOKUP_READERS)?;
         Ok(Self {
             maintenance,
             reader,
             appender,
+            lookups,
         })
     }
 
@@ -102,43 +110,64 @@ impl SqliteStore {
         self.appender.append(events, source).await
     }
 
+    /// Checkout's customer for each `(account, livemode, email key)`, in order, in one
+    /// statement (see [`CANONICAL_MANY`]).
+    pub(super) async fn canonical_many(
+        &self,
+        keys: &[(&str, bool, &str)],
+    ) -> Result<Vec<Option<Customer>>, StoreError> {
+        let keys_json = serde_json::Value::from(
+            keys.iter()
+                .map(|&(account, livemode, email_key)| {
+                    serde_json::json!([account, i64::from(livemode), email_key])
+                })
+                .collect::<Vec<_>>(),
+        )
+        .to_string();
+        let rows = self.lookups.canonical_many(keys_json).await?;
+        Ok(in_key_order(rows, keys.len())?)
+    }
+
     pub(super) async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         MIGRATOR.run(&self.maintenance).await
     }
 }
 
-/// Checkout's customer for each `(account, livemode, email key)`, in order, in one
-/// statement: the keys travel as one JSON array, so the statement's text (and its
-/// prepared form) is the same for any number of keys, and each key is one index search.
-pub(super) async fn canonical_many(
-    pool: &SqlitePool,
-    keys: &[(&str, bool, &str)],
-) -> Result<Vec<Option<Customer>>, sqlx::Error> {
-    let keys_json = serde_json::Value::from(
-        keys.iter()
-            .map(|&(account, livemode, email_key)| {
-                serde_json::json!([account, i64::from(livemode), email_key])
-            })
-            .collect::<Vec<_>>(),
-    )
-    .to_string();
-    let rows: Vec<NumberedCustomer> = sqlx::query_as(
-        "SELECT CAST(key.key AS INTEGER) AS i, c.customer_id, c.account, c.email, c.livemode,
-                c.name, c.last_event_id, c.last_event_created
-         FROM json_each($1) AS key
-         JOIN customers AS c ON c.rowid = (
-             SELECT rowid FROM customers
-             WHERE account = key.value ->> 0 AND livemode = key.value ->> 1
-               AND email_key = key.value ->> 2
-               AND deleted = FALSE AND email_key IS NOT NULL
-             ORDER BY customer_created, customer_id
-             LIMIT 1
-         )",
-    )
-    .bind(keys_json)
-    .fetch_all(pool)
-    .await?;
-    in_key_order(rows, keys.len())
+/// Checkout's customer for each `(account, livemode, email key)` of the JSON array `?1`
+/// (`[[account, livemode as 0 or 1, email key], ...]`) that has one, numbered by the
+/// key's position: the statement's text (and its prepared form) is the same for any
+/// number of keys, and each key is one index search.
+const CANONICAL_MANY: &str = "
+    SELECT CAST(key.key AS INTEGER) AS i, c.customer_id, c.account, c.email, c.livemode,
+           c.name, c.last_event_id, c.last_event_created
+    FROM json_each(?1) AS key
+    JOIN customers AS c ON c.rowid = (
+        SELECT rowid FROM customers
+        WHERE account = key.value ->> 0 AND livemode = key.value ->> 1
+          AND email_key = key.value ->> 2
+          AND deleted = FALSE AND email_key IS NOT NULL
+        ORDER BY customer_created, customer_id
+        LIMIT 1
+    )";
+
+/// A connection of our own threads (see `writer.rs`, `readers.rs`) with the settings of
+/// every connection of ours (see [`options`]), then `extra`.
+fn open_connection(path: &Path, extra: &str) -> Result<rusqlite::Connection, rusqlite::Error> {
+    use rusqlite::OpenFlags;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = rusqlite::Connection::open_with_flags(path, flags)?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    connection.execute_batch("PRAGMA synchronous = FULL; PRAGMA temp_store = memory;")?;
+    connection.execute_batch(extra)?;
+    Ok(connection)
+}
+
+fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(body)
+        .map(drop)
+        .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))
 }
 
 /// Every customer's newest snapshot among the events up to `$1` that the current

@@ -19,13 +19,13 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::time::Instant;
 
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::queries::{
     statement_chunks, INSERT_EVENTS_HEAD, UPSERT_CUSTOMERS_HEAD, UPSERT_CUSTOMERS_TAIL,
 };
-use super::BUSY_TIMEOUT;
+use super::{open_connection, spawn_thread};
 use crate::projection::{Effect, PROJECTION_VERSION};
 use crate::store::{record_appends, AppendOutcome, AppendPlan, EventRow, Source, StoreError};
 use crate::stripe::event::CustomerEvent;
@@ -55,19 +55,19 @@ impl Appender {
     /// Opens the three connections to the database at `path` (which must exist) and
     /// starts their threads.
     pub(in crate::store) fn start(path: &Path) -> Result<Self, StoreError> {
-        let writer = open(path, WRITER_SETTINGS)?;
-        let checkpointer = open(path, "")?;
+        let writer = open_connection(path, WRITER_SETTINGS)?;
+        let checkpointer = open_connection(path, "")?;
         let wal = wal_path(path);
         let (checkpoints, due) = std_mpsc::sync_channel(1);
         let (flushes, committed) = std_mpsc::channel();
         let (jobs, queue) = mpsc::channel(QUEUE);
-        spawn("sqlite-checkpoint", move || {
+        spawn_thread("sqlite-checkpoint", move || {
             checkpoint_each(checkpointer, due)
         })?;
-        spawn("sqlite-flush", move || {
+        spawn_thread("sqlite-flush", move || {
             flush_each(&wal, committed, checkpoints)
         })?;
-        spawn("sqlite-writer", move || write_each(writer, queue, flushes))?;
+        spawn_thread("sqlite-writer", move || write_each(writer, queue, flushes))?;
         Ok(Self { jobs })
     }
 
@@ -104,29 +104,10 @@ const WRITER_SETTINGS: &str = "
     PRAGMA mmap_size = 67108864;
     PRAGMA cache_size = -16384;";
 
-/// A connection with the settings every connection of ours has (see `options` in
-/// `sqlite.rs`), then `extra`.
-fn open(path: &Path, extra: &str) -> Result<Connection, rusqlite::Error> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let connection = Connection::open_with_flags(path, flags)?;
-    connection.busy_timeout(BUSY_TIMEOUT)?;
-    connection.execute_batch("PRAGMA synchronous = FULL; PRAGMA temp_store = memory;")?;
-    connection.execute_batch(extra)?;
-    Ok(connection)
-}
-
 fn wal_path(database: &Path) -> PathBuf {
     let mut wal = database.as_os_str().to_owned();
     wal.push("-wal");
     wal.into()
-}
-
-fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(body)
-        .map(drop)
-        .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))
 }
 
 /// A committed transaction whose callers wait for it to be durable.
