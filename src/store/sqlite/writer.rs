@@ -333,3 +333,86 @@ fn checkpoint_each(connection: Connection, due: std_mpsc::Receiver<()>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::AccountId;
+    use crate::store::{DatabaseUrl, Store};
+    use crate::stripe::event::{self, Delivery};
+
+    fn event(id: &str, customer: &str) -> (CustomerEvent, Effect) {
+        let body = serde_json::json!({
+            "id": id, "type": "customer.created", "created": 1_700_000_000, "livemode": false,
+            "data": {"object": {"object": "customer", "id": customer, "email": "a@example.com",
+                                "created": 1_700_000_000}},
+        });
+        let platform = AccountId::parse("platform").unwrap();
+        let Ok(Delivery::Customer(event)) = event::parse(body.to_string().as_bytes(), &platform)
+        else {
+            panic!("a customer event")
+        };
+        let effect = crate::projection::effect_of(&event);
+        (event, effect)
+    }
+
+    fn job(events: Vec<(CustomerEvent, Effect)>, source: Source) -> Job {
+        let (reply, _) = oneshot::channel();
+        Job {
+            events,
+            source,
+            reply,
+        }
+    }
+
+    /// Several callers' appends in one transaction: each row keeps its own caller's
+    /// source, a repeat across callers is a duplicate, and outcomes come back job by job.
+    #[tokio::test]
+    async fn one_transaction_keeps_each_callers_source_and_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("writer.db");
+        let url = DatabaseUrl::parse(&format!("sqlite:{}", path.display())).unwrap();
+        Store::connect(&url).await.unwrap().migrate().await.unwrap();
+        let mut connection = open_connection(&path, WRITER_SETTINGS).unwrap();
+        let jobs = [
+            job(
+                vec![event("evt_b", "cus_b"), event("evt_a", "cus_a")],
+                Source::Import,
+            ),
+            job(
+                vec![event("evt_c", "cus_c"), event("evt_a", "cus_a")],
+                Source::Webhook,
+            ),
+        ];
+
+        let outcomes = write(&mut connection, &jobs).unwrap();
+
+        let stored: Vec<bool> = outcomes
+            .iter()
+            .map(|outcome| matches!(outcome, AppendOutcome::Stored { .. }))
+            .collect();
+        assert_eq!(stored, [true, true, true, false]);
+        let mut rows = connection
+            .prepare("SELECT event_id, source FROM events ORDER BY event_id")
+            .unwrap();
+        let sources: Vec<(String, String)> = rows
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let expected = [
+            ("evt_a", "import"),
+            ("evt_b", "import"),
+            ("evt_c", "webhook"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(id, source)| (id.to_string(), source.to_string()))
+            .collect();
+        assert_eq!(sources, expected);
+        let customers: i64 = connection
+            .query_row("SELECT count(*) FROM customers", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(customers, 3);
+    }
+}
