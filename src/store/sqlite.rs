@@ -3,8 +3,8 @@
 //! SQLite takes one writer at a time. Appends go to one writer thread with a connection of
 //! its own, which commits everything queued in one transaction (see `writer.rs`); the few
 //! other writes (migrations, rebuilds, pruning) use a one-connection pool, so they queue in
-//! process instead of spinning on SQLITE_BUSY. Reads use their own pool and proceed
-//! during writes.
+//! process instead of spinning on SQLITE_BUSY. Checkout's lookups run on reader threads
+//! of their own (see `readers.rs`), other reads on a pool; both proceed during writes.
 //!
 //! Durability: the writer commits with `synchronous=NORMAL`, which writes the commit to the
 //! write-ahead log without waiting for the disk, and the flusher thread then fsyncs the
