@@ -15,6 +15,12 @@ use crate::store::{Customer, NumberedCustomer, StoreError};
 
 type Reply = oneshot::Sender<Result<Vec<NumberedCustomer>, StoreError>>;
 
+/// Readers only read; and they read pages through a memory map of the file's first 64 MiB
+/// rather than a `read()` copy each into a small page cache of their own: lookups +5-22 %
+/// in six pairs, CPU per lookup -5-19 %. The mapped pages are the OS's file cache, shared
+/// with the writer's map, but they count in the process's resident memory.
+const READER_SETTINGS: &str = "PRAGMA query_only = 1; PRAGMA mmap_size = 67108864;";
+
 /// One query: the keys as a JSON array (see `CANONICAL_MANY`).
 struct Job {
     keys: String,
@@ -35,7 +41,7 @@ impl Readers {
         let (jobs, queue) = mpsc::channel(count);
         let queue = Arc::new(Mutex::new(queue));
         for _ in 0..count {
-            let connection = open_connection(path, "PRAGMA query_only = 1;")?;
+            let connection = open_connection(path, READER_SETTINGS)?;
             let queue = queue.clone();
             spawn_thread("sqlite-reader", move || read_each(&connection, &queue))?;
         }
