@@ -46,6 +46,18 @@ where
     jobs
 }
 
+/// Sends the job `make` builds around a reply channel and waits for its answer; when the
+/// queue or the answer is gone (its thread or task stopped), `stopped`.
+pub(crate) async fn ask<J, T>(
+    jobs: &mpsc::Sender<J>,
+    make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> J,
+    stopped: fn() -> StoreError,
+) -> Result<T, StoreError> {
+    let (reply, answer) = oneshot::channel();
+    jobs.send(make(reply)).await.map_err(|_| stopped())?;
+    answer.await.map_err(|_| stopped())?
+}
+
 /// Answers a whole batch that failed: the first caller gets the cause, the others
 /// [`StoreError::BatchFailed`] (a `StoreError` cannot be cloned). A caller that went away
 /// needs no answer.

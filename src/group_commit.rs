@@ -91,18 +91,13 @@ impl GroupCommitter {
             }
             Route::Committers(committers) => committers,
         };
-        let (reply, answer) = oneshot::channel();
-        let job = Job {
+        let make = |reply| Job {
             event,
             effect,
             source,
             reply,
         };
-        committers
-            .send(job)
-            .await
-            .map_err(|_| StoreError::WriterStopped)?;
-        answer.await.map_err(|_| StoreError::WriterStopped)?
+        batch_queue::ask(committers, make, || StoreError::WriterStopped).await
     }
 }
 

@@ -52,12 +52,8 @@ impl LookupBatcher {
 
     /// Checkout's answer, as [`Store::lookup`] gives it.
     pub async fn lookup(&self, request: LookupRequest) -> Result<Lookup, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job { request, reply })
-            .await
-            .map_err(|_| StoreError::ReaderStopped)?;
-        answer.await.map_err(|_| StoreError::ReaderStopped)?
+        let make = |reply| Job { request, reply };
+        batch_queue::ask(&self.jobs, make, || StoreError::ReaderStopped).await
     }
 }
 

@@ -54,12 +54,8 @@ impl Readers {
         &self,
         keys: String,
     ) -> Result<Vec<NumberedCustomer>, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job { keys, reply })
-            .await
-            .map_err(|_| StoreError::ReaderStopped)?;
-        answer.await.map_err(|_| StoreError::ReaderStopped)?
+        let make = |reply| Job { keys, reply };
+        crate::batch_queue::ask(&self.jobs, make, || StoreError::ReaderStopped).await
     }
 }
 

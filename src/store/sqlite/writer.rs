@@ -78,17 +78,12 @@ impl Appender {
         events: Vec<(CustomerEvent, Effect)>,
         source: Source,
     ) -> Result<Vec<AppendOutcome>, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let job = Job {
+        let make = |reply| Job {
             events,
             source,
             reply,
         };
-        self.jobs
-            .send(job)
-            .await
-            .map_err(|_| StoreError::WriterStopped)?;
-        answer.await.map_err(|_| StoreError::WriterStopped)?
+        crate::batch_queue::ask(&self.jobs, make, || StoreError::WriterStopped).await
     }
 }
 
