@@ -69,7 +69,12 @@ pub(super) fn options(url: &str) -> Result<SqliteConnectOptions, sqlx::Error> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(BUSY_TIMEOUT)
-        .page_size(16_384)
+        // Small pages: each event dirties about two random index pages (customer key,
+        // email key) that the commit writes whole to the WAL, flushes and checkpoints
+        // again; 4 KiB pages against 16 KiB: ingestion +15-25 %, +60 % with a million
+        // events in the log; replay ~1.3x slower (it reads every page of the log).
+        // Applies to new files only: an existing file keeps its page size.
+        .page_size(4_096)
         // Statement journals (one per multi-row write) in memory, not a file created and
         // deleted per transaction.
         .pragma("temp_store", "memory"))
