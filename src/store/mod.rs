@@ -63,6 +63,10 @@ pub enum StoreError {
     /// Another event's failure, shared by everything committed with it.
     #[error("the transaction holding this event failed")]
     BatchFailed,
+    /// SQLite: a flush of the write-ahead log failed, so what it held may not be on disk;
+    /// every later append is refused too (see `writer.rs`).
+    #[error("the write-ahead log could not be flushed ({0}); appends are refused until the service restarts")]
+    LogFlushFailed(String),
 }
 
 /// Where an event in the log came from.
@@ -694,7 +698,7 @@ impl Store {
     /// Whether the database answers: readiness.
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
-            Self::Sqlite(s) => sqlite::queries::ping(&s.reader).await?,
+            Self::Sqlite(s) => s.ping().await?,
             Self::Postgres(s) => postgres::queries::ping(&s.pool).await?,
         }
         Ok(())

@@ -115,6 +115,14 @@ impl SqliteStore {
         self.appender.append(events, source).await
     }
 
+    /// Whether the database answers and appends can be made durable (see
+    /// `writer::flush_each`): readiness.
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        self.appender.check()?;
+        queries::ping(&self.reader).await?;
+        Ok(())
+    }
+
     /// Checkout's customer for each `(account, livemode, email key)`, in order, in one
     /// statement (see [`CANONICAL_MANY`]).
     pub(super) async fn canonical_many(

@@ -17,6 +17,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use rusqlite::{Connection, TransactionBehavior};
@@ -49,6 +50,8 @@ struct Job {
 #[derive(Debug, Clone)]
 pub(in crate::store) struct Appender {
     jobs: mpsc::Sender<Job>,
+    /// Why a flush failed, once one has (see [`flush_each`]).
+    flush_failure: Arc<OnceLock<String>>,
 }
 
 impl Appender {
@@ -61,14 +64,28 @@ impl Appender {
         let (checkpoints, due) = std_mpsc::sync_channel(1);
         let (flushes, committed) = std_mpsc::channel();
         let (jobs, queue) = mpsc::channel(QUEUE);
+        let flush_failure = Arc::new(OnceLock::new());
+        let failure = flush_failure.clone();
         spawn_thread("sqlite-checkpoint", move || {
             checkpoint_each(checkpointer, due)
         })?;
         spawn_thread("sqlite-flush", move || {
-            flush_each(&wal, committed, checkpoints)
+            flush_each(&wal, committed, checkpoints, &failure)
         })?;
         spawn_thread("sqlite-writer", move || write_each(writer, queue, flushes))?;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            flush_failure,
+        })
+    }
+
+    /// Fails once a flush has failed: appends are refused from then on, and readiness
+    /// says so, until a restart.
+    pub(in crate::store) fn check(&self) -> Result<(), StoreError> {
+        match self.flush_failure.get() {
+            Some(failure) => Err(StoreError::LogFlushFailed(failure.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Appends and projects `events` (in one transaction, possibly shared with other
@@ -78,6 +95,7 @@ impl Appender {
         events: Vec<(CustomerEvent, Effect)>,
         source: Source,
     ) -> Result<Vec<AppendOutcome>, StoreError> {
+        self.check()?;
         let make = |reply| Job {
             events,
             source,
@@ -275,18 +293,35 @@ fn project_newest_sql() -> String {
 /// The flusher thread: each turn makes every batch committed so far durable, answers
 /// their callers, then asks for a checkpoint. Each batch it holds is callers still
 /// waiting, so what it queues is bounded by the appends in flight.
+///
+/// A failed flush is final: after a failed `fsync`, Linux may have dropped the pages it
+/// could not write and report the next `fsync` as a success, so a later append (or a
+/// redelivery found as a duplicate of a row that never reached the disk) would be
+/// acknowledged without being durable. Every batch from then on fails as well; a restart
+/// reopens the database from what is on disk, and Stripe redelivers what was refused.
 fn flush_each(
     wal: &Path,
     committed: std_mpsc::Receiver<Committed>,
     checkpoints: std_mpsc::SyncSender<()>,
+    failure: &OnceLock<String>,
 ) {
     while let Ok(first) = committed.recv() {
         let due: Vec<Committed> = std::iter::once(first).chain(committed.try_iter()).collect();
-        match flush(wal) {
+        let flushed = match failure.get() {
+            Some(failure) => Err(failure.clone()),
+            None => flush(wal).map_err(|error| {
+                tracing::error!(%error, "flushing the write-ahead log failed: appends are refused until the service restarts");
+                failure.get_or_init(|| error.to_string()).clone()
+            }),
+        };
+        match flushed {
             Ok(()) => due.into_iter().for_each(answer),
-            Err(error) => {
-                let jobs = due.into_iter().flat_map(|batch| batch.jobs).collect();
-                fail_all(jobs, StoreError::Database(sqlx::Error::Io(error)));
+            Err(failure) => {
+                for job in due.into_iter().flat_map(|batch| batch.jobs) {
+                    let _ = job
+                        .reply
+                        .send(Err(StoreError::LogFlushFailed(failure.clone())));
+                }
             }
         }
         // Full means one is already due.
@@ -358,6 +393,104 @@ mod tests {
             source,
             reply,
         }
+    }
+
+    /// A batch committed and waiting for its flush, and the receiver of its answer.
+    fn committed() -> (
+        Committed,
+        oneshot::Receiver<Result<Vec<AppendOutcome>, StoreError>>,
+    ) {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            events: Vec::new(),
+            source: Source::Webhook,
+            reply,
+        };
+        let batch = Committed {
+            jobs: vec![job],
+            results: vec![Ok(Vec::new())],
+            started: Instant::now(),
+        };
+        (batch, answer)
+    }
+
+    /// After a failed flush, a later flush that succeeds proves nothing (the failed one's
+    /// pages may be gone): every later batch fails too.
+    #[test]
+    fn a_failed_flush_fails_every_later_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where the log's folder should be: opening the log fails (not a folder).
+        let folder = dir.path().join("data");
+        std::fs::write(&folder, b"").unwrap();
+        let wal = folder.join("stripe-projector.db-wal");
+        let (flushes, committed_batches) = std_mpsc::channel();
+        let (checkpoints, _due) = std_mpsc::sync_channel(1);
+        let failure = Arc::new(OnceLock::new());
+        let flusher = {
+            let failure = failure.clone();
+            std::thread::spawn(move || flush_each(&wal, committed_batches, checkpoints, &failure))
+        };
+
+        let (batch, answer) = committed();
+        flushes.send(batch).unwrap();
+        let first = answer.blocking_recv().unwrap();
+        // The folder is back, without a log: a flush alone would now succeed.
+        std::fs::remove_file(&folder).unwrap();
+        std::fs::create_dir(&folder).unwrap();
+        let (batch, answer) = committed();
+        flushes.send(batch).unwrap();
+        let second = answer.blocking_recv().unwrap();
+        drop(flushes);
+        flusher.join().unwrap();
+
+        assert!(
+            matches!(first, Err(StoreError::LogFlushFailed(_))),
+            "{first:?}"
+        );
+        assert!(
+            matches!(second, Err(StoreError::LogFlushFailed(_))),
+            "{second:?}"
+        );
+        assert!(failure.get().is_some());
+    }
+
+    /// Once a flush has failed, appends are refused before they are written and readiness
+    /// fails, so an orchestrator restarts the service.
+    #[tokio::test]
+    async fn after_a_failed_flush_appends_and_readiness_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("writer.db").display());
+        let store = Store::connect(&DatabaseUrl::parse(&url).unwrap())
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let (event, effect) = event("evt_a", "cus_a");
+        store.ping().await.unwrap();
+        let Store::Sqlite(sqlite) = &store else {
+            unreachable!("a sqlite: URL")
+        };
+        sqlite
+            .appender
+            .flush_failure
+            .set("I/O error".to_owned())
+            .unwrap();
+
+        let appended = store.append(&event, &effect, Source::Webhook).await;
+        let ready = store.ping().await;
+
+        assert!(
+            matches!(appended, Err(StoreError::LogFlushFailed(_))),
+            "{appended:?}"
+        );
+        assert!(
+            matches!(ready, Err(StoreError::LogFlushFailed(_))),
+            "{ready:?}"
+        );
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&sqlite.reader)
+            .await
+            .unwrap();
+        assert_eq!(events, 0);
     }
 
     /// Several callers' appends in one transaction: each row keeps its own caller's
