@@ -414,6 +414,13 @@ mod tests {
         (batch, answer)
     }
 
+    fn assert_flush_failed<T: std::fmt::Debug>(result: &Result<T, StoreError>) {
+        assert!(
+            matches!(result, Err(StoreError::LogFlushFailed(_))),
+            "{result:?}"
+        );
+    }
+
     /// After a failed flush, a later flush that succeeds proves nothing (the failed one's
     /// pages may be gone): every later batch fails too.
     #[test]
@@ -443,14 +450,8 @@ mod tests {
         drop(flushes);
         flusher.join().unwrap();
 
-        assert!(
-            matches!(first, Err(StoreError::LogFlushFailed(_))),
-            "{first:?}"
-        );
-        assert!(
-            matches!(second, Err(StoreError::LogFlushFailed(_))),
-            "{second:?}"
-        );
+        assert_flush_failed(&first);
+        assert_flush_failed(&second);
         assert!(failure.get().is_some());
     }
 
@@ -478,14 +479,8 @@ mod tests {
         let appended = store.append(&event, &effect, Source::Webhook).await;
         let ready = store.ping().await;
 
-        assert!(
-            matches!(appended, Err(StoreError::LogFlushFailed(_))),
-            "{appended:?}"
-        );
-        assert!(
-            matches!(ready, Err(StoreError::LogFlushFailed(_))),
-            "{ready:?}"
-        );
+        assert_flush_failed(&appended);
+        assert_flush_failed(&ready);
         let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
             .fetch_one(&sqlite.reader)
             .await
