@@ -297,8 +297,9 @@ fn project_newest_sql() -> String {
 /// A failed flush is final: after a failed `fsync`, Linux may have dropped the pages it
 /// could not write and report the next `fsync` as a success, so a later append (or a
 /// redelivery found as a duplicate of a row that never reached the disk) would be
-/// acknowledged without being durable. Every batch from then on fails as well; a restart
-/// reopens the database from what is on disk, and Stripe redelivers what was refused.
+/// acknowledged without being durable. Every batch from then on fails as well, and
+/// readiness fails, until the service is restarted (after someone has looked at the disk:
+/// the error is logged); Stripe redelivers what was refused.
 fn flush_each(
     wal: &Path,
     committed: std_mpsc::Receiver<Committed>,
