@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::domain::{AccountId, EmailKey};
+use crate::domain::{self, AccountId, EmailKey};
 use crate::projection::{self, Effect};
 use crate::store::{AppendOutcome, Customer, Lookup, Source, Store, StoreError};
 use crate::stripe::api::{CreatedCustomer, NewCustomer, StripeApi, StripeApiError};
@@ -54,14 +54,11 @@ impl EnsureRequest {
             return Err(invalid("account must be printable ASCII without spaces"));
         }
         let email = email.ok_or_else(|| invalid("email is required"))?.trim();
-        let email_key = EmailKey::normalize(email).ok_or_else(|| invalid("email is blank"))?;
-        // The projection refuses NUL (PostgreSQL text cannot hold it): a customer created
-        // with one could never be found again.
-        if email.chars().any(char::is_control) {
-            return Err(invalid("email contains a control character"));
-        }
-        if name.is_some_and(|name| name.contains('\0')) {
-            return Err(invalid("name contains NUL"));
+        // The projection's own checks: a customer it would refuse could never be found
+        // again, so it is never created.
+        let email_key = EmailKey::parse(email).map_err(|e| InvalidEnsure(e.to_string()))?;
+        if let Some(name) = name {
+            domain::check_name(name).map_err(|e| InvalidEnsure(e.to_string()))?;
         }
         Ok(Self {
             account,
@@ -430,7 +427,7 @@ mod tests {
     }
 
     fn email(raw: &str) -> EmailKey {
-        EmailKey::normalize(raw).unwrap()
+        EmailKey::parse(raw).unwrap()
     }
 
     #[test]
@@ -524,6 +521,13 @@ mod tests {
             (Some("acct_1"), Some("  "), None),
             (Some("acct_1"), Some("a\u{0}@b.c"), None),
             (Some("acct_1"), Some("a@b.c"), Some("A\u{0}")),
+            (Some("acct_1"), Some("a@b.c"), Some("Ada\nLovelace")),
+            (Some("acct_1"), Some("a@b.c"), Some(&*"a".repeat(257))),
+            (
+                Some("acct_1"),
+                Some(&*format!("{}@b.c", "a".repeat(509))),
+                None,
+            ),
         ];
         for (account, email, name) in cases {
             assert!(

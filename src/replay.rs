@@ -146,7 +146,10 @@ fn from_columns(record: &LogRecord, account: AccountId) -> Option<Projected> {
     let snapshot = Snapshot {
         customer_id: CustomerId::parse(record.customer_id.as_deref()?).ok()?,
         email: record.email.clone(),
-        email_key: record.email_key.as_deref().and_then(EmailKey::normalize),
+        email_key: record
+            .email_key
+            .as_deref()
+            .and_then(|key| EmailKey::parse(key).ok()),
         name: record.name.clone(),
         customer_created: record.customer_created?,
         version: Version::decode(record.version.as_deref()?)?,

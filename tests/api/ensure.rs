@@ -46,7 +46,7 @@ fn key_of(account: &str, livemode: bool, email: &str) -> String {
     idempotency_key(
         &AccountId::parse(account).unwrap(),
         livemode,
-        &EmailKey::normalize(email).unwrap(),
+        &EmailKey::parse(email).unwrap(),
     )
 }
 

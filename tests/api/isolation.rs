@@ -75,7 +75,7 @@ async fn check_case(store: &Store, case: &Case, run: usize) -> Result<(), TestCa
     for account in &accounts {
         let account_id = AccountId::parse(account).expect("account id");
         for email in EMAIL_KEYS.iter().chain(&["nobody@x.io"]) {
-            let key = EmailKey::normalize(email).expect("a key");
+            let key = EmailKey::parse(email).expect("a key");
             for livemode in [Some(false), Some(true), None] {
                 let answer = store
                     .lookup(&account_id, &key, livemode)
@@ -99,7 +99,10 @@ async fn check_case(store: &Store, case: &Case, run: usize) -> Result<(), TestCa
                     asked,
                     customer.customer_id
                 );
-                let shown = customer.email.as_deref().and_then(EmailKey::normalize);
+                let shown = customer
+                    .email
+                    .as_deref()
+                    .and_then(|e| EmailKey::parse(e).ok());
                 prop_assert_eq!(shown.as_ref(), Some(&key), "{}", asked);
             }
         }

@@ -199,7 +199,7 @@ async fn lookup_is_also_a_library_call(backend: Backend) {
         .store
         .lookup(
             &AccountId::parse(ACCOUNT_A).unwrap(),
-            &EmailKey::normalize("lib@example.com").unwrap(),
+            &EmailKey::parse("lib@example.com").unwrap(),
             Some(true),
         )
         .await

@@ -11,6 +11,7 @@ mod faults;
 mod hostile;
 mod import;
 mod isolation;
+mod limits;
 mod lookup;
 mod ops;
 mod permutation;
