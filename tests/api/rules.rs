@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{Backend, EventSpec, TestApp, PLATFORM};
+use crate::helpers::{fixture_json, Backend, EventSpec, TestApp, PLATFORM};
 
 const A: &str = "acct_1OrganizerAaaaaaa";
 const B: &str = "acct_1OrganizerBbbbbbb";
@@ -33,11 +33,17 @@ fn snapshot(
 
 async fn rule_1_each_account_keeps_its_own_customer_for_one_email(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    app.deliver_fixture("seed/01_customer_created_organizer_a.json")
-        .await;
-    app.deliver_fixture("seed/02_customer_created_organizer_b.json")
-        .await;
-    app.deliver_fixture("platform/customer_created.json").await;
+    store(
+        &app,
+        &fixture_json("seed/01_customer_created_organizer_a.json"),
+    )
+    .await;
+    store(
+        &app,
+        &fixture_json("seed/02_customer_created_organizer_b.json"),
+    )
+    .await;
+    store(&app, &fixture_json("platform/customer_created.json")).await;
 
     assert_eq!(
         app.customer_id(A, ADA, false).await.as_deref(),
@@ -69,8 +75,7 @@ async fn rule_1_each_account_keeps_its_own_customer_for_one_email(backend: Backe
 
 async fn rule_2_livemode_is_part_of_the_key(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    app.deliver_fixture("test_mode/customer_created_test.json")
-        .await;
+    store(&app, &fixture_json("test_mode/customer_created_test.json")).await;
 
     assert_eq!(app.customer_id(A, "barbara@example.com", true).await, None);
     assert_eq!(
@@ -80,8 +85,7 @@ async fn rule_2_livemode_is_part_of_the_key(backend: Backend) {
         Some("cus_QjZ0Te86F0MBtf")
     );
 
-    app.deliver_fixture("test_mode/customer_created_live.json")
-        .await;
+    store(&app, &fixture_json("test_mode/customer_created_live.json")).await;
     assert_eq!(
         app.customer_id(A, "barbara@example.com", true)
             .await
@@ -96,133 +100,144 @@ async fn rule_2_livemode_is_part_of_the_key(backend: Backend) {
     );
 }
 
+/// Posts an event and asserts it was stored: a rule test whose deliveries were refused
+/// would prove nothing.
+async fn store(app: &TestApp, event: &serde_json::Value) {
+    let (status, body) = app.deliver_json(event).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "stored", "{body}");
+    assert_eq!(body["event_id"], event["id"], "{body}");
+}
+
+/// One snapshot of a customer: (event id, type, event created, email).
+type Snap = (&'static str, &'static str, i64, &'static str);
+
+/// Delivers two snapshots of one customer in both orders, each order as a customer of its
+/// own so one database holds both runs, and asserts that `winner` decides the customer's
+/// state either way (and `loser`'s email finds nothing).
+async fn assert_wins_in_either_order(app: &TestApp, case: &str, winner: Snap, loser: Snap) {
+    for (order, first, second) in [("w", winner, loser), ("l", loser, winner)] {
+        let customer = format!("cus_{case}_{order}");
+        let event = |(id, event_type, created, email): Snap| {
+            let email = format!("{order}.{email}");
+            snapshot(
+                &format!("{id}_{order}"),
+                event_type,
+                created,
+                &customer,
+                Some(&email),
+                100,
+            )
+        };
+        store(app, &event(first)).await;
+        store(app, &event(second)).await;
+
+        let (id, _, created, email) = winner;
+        let (status, body) = app
+            .lookup(&format!("account={A}&email={order}.{email}&livemode=false"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{case} {order}: {body}");
+        assert_eq!(
+            (
+                &body["customer_id"],
+                &body["last_event_id"],
+                &body["last_event_created"]
+            ),
+            (
+                &json!(customer),
+                &json!(format!("{id}_{order}")),
+                &json!(created)
+            ),
+            "{case}, {} delivered first",
+            if order == "w" { "winner" } else { "loser" }
+        );
+        assert_eq!(
+            app.customer_id(A, &format!("{order}.{}", loser.3), false)
+                .await,
+            None,
+            "{case} {order}"
+        );
+    }
+}
+
 async fn rule_3_newest_snapshot_wins_whatever_the_arrival_order(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    // The update arrives first; the older creation must not overwrite it.
-    app.deliver_json(&snapshot(
-        "evt_2",
-        "customer.updated",
-        200,
-        "cus_1",
-        Some("new@example.com"),
-        100,
-    ))
+    // A later second wins, even over a type that ranks higher.
+    assert_wins_in_either_order(
+        &app,
+        "later",
+        ("evt_2", "customer.created", 200, "new@example.com"),
+        ("evt_1", "customer.updated", 100, "old@example.com"),
+    )
     .await;
-    app.deliver_json(&snapshot(
-        "evt_1",
-        "customer.created",
-        100,
-        "cus_1",
-        Some("old@example.com"),
-        100,
-    ))
-    .await;
-    // Same second: updated outranks created, whichever comes last.
-    app.deliver_json(&snapshot(
-        "evt_4",
-        "customer.updated",
-        300,
-        "cus_2",
-        Some("same@example.com"),
-        300,
-    ))
-    .await;
-    app.deliver_json(&snapshot(
-        "evt_3",
-        "customer.created",
-        300,
-        "cus_2",
-        Some("first@example.com"),
-        300,
-    ))
+    // Same second: updated outranks created, whatever the ids.
+    assert_wins_in_either_order(
+        &app,
+        "rank",
+        ("evt_3", "customer.updated", 300, "same@example.com"),
+        ("evt_4", "customer.created", 300, "first@example.com"),
+    )
     .await;
     // Same second and type: the larger event id wins.
-    app.deliver_json(&snapshot(
-        "evt_b",
-        "customer.updated",
-        400,
-        "cus_3",
-        Some("b@example.com"),
-        400,
-    ))
+    assert_wins_in_either_order(
+        &app,
+        "id",
+        ("evt_b", "customer.updated", 400, "b@example.com"),
+        ("evt_a", "customer.updated", 400, "a@example.com"),
+    )
     .await;
-    app.deliver_json(&snapshot(
-        "evt_a",
-        "customer.updated",
-        400,
-        "cus_3",
-        Some("a@example.com"),
-        400,
-    ))
-    .await;
-
-    let (_, body) = app
-        .lookup(&format!(
-            "account={A}&email=new%40example.com&livemode=false"
-        ))
-        .await;
-    assert_eq!(
-        (
-            body["last_event_id"].clone(),
-            body["last_event_created"].clone()
-        ),
-        (json!("evt_2"), json!(200))
-    );
-    assert_eq!(app.customer_id(A, "old@example.com", false).await, None);
-    assert_eq!(
-        app.customer_id(A, "same@example.com", false)
-            .await
-            .as_deref(),
-        Some("cus_2")
-    );
-    assert_eq!(app.customer_id(A, "first@example.com", false).await, None);
-    assert_eq!(
-        app.customer_id(A, "b@example.com", false).await.as_deref(),
-        Some("cus_3")
-    );
-    assert_eq!(app.customer_id(A, "a@example.com", false).await, None);
 }
 
 async fn rule_3_deletion_is_final(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    app.deliver_fixture("deletion/01_customer_created.json")
-        .await;
-    assert_eq!(
-        app.customer_id(B, "linus@example.com", false)
-            .await
-            .as_deref(),
-        Some("cus_QDeleteMe0000001")
-    );
-    app.deliver_fixture("deletion/02_customer_deleted.json")
-        .await;
-    // Delivered after the deletion, older than it.
-    app.deliver_fixture("deletion/03_customer_updated_late.json")
-        .await;
-    // Even an update stamped after the deletion does not bring the customer back.
-    let later = EventSpec {
-        id: "evt_after_delete",
-        event_type: "customer.updated",
-        account: Some(B),
-        created: 1730009999,
-        livemode: false,
-        customer_id: "cus_QDeleteMe0000001",
-        email: Some("linus@example.com"),
-        customer_created: 1730000300,
-    };
-    app.deliver_json(&later.to_json()).await;
-
-    assert_eq!(app.customer_id(B, "linus@example.com", false).await, None);
+    // Older, same-second and later updates, each delivered before and after the deletion.
+    for (case, update_created) in [("older", 100), ("same", 200), ("later", 300)] {
+        for update_first in [true, false] {
+            let customer = format!("cus_{case}_{update_first}");
+            let email = format!("{case}.{update_first}@example.com");
+            let event = |id: &str, event_type: &str, created: i64| {
+                EventSpec {
+                    id: &format!("evt_{id}_{case}_{update_first}"),
+                    event_type,
+                    account: Some(B),
+                    created,
+                    livemode: false,
+                    customer_id: &customer,
+                    email: Some(&email),
+                    customer_created: 50,
+                }
+                .to_json()
+            };
+            let deleted = event("deleted", "customer.deleted", 200);
+            let updated = event("updated", "customer.updated", update_created);
+            store(&app, &event("created", "customer.created", 50)).await;
+            if update_first {
+                store(&app, &updated).await;
+                store(&app, &deleted).await;
+            } else {
+                store(&app, &deleted).await;
+                store(&app, &updated).await;
+            }
+            assert_eq!(
+                app.customer_id(B, &email, false).await,
+                None,
+                "{case} update, delivered {}",
+                if update_first { "first" } else { "last" }
+            );
+        }
+    }
     let rows = app.store.customers().await.unwrap();
+    assert_eq!(rows.len(), 6);
     assert!(
-        rows.iter().all(|row| row.deleted),
-        "the customer stays a tombstone: {rows:?}"
+        rows.iter()
+            .all(|row| row.deleted && row.last_event_id.starts_with("evt_deleted_")),
+        "every customer stays a tombstone of its deletion: {rows:?}"
     );
 }
 
 async fn rule_4_an_email_change_moves_the_customer(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    app.deliver_fixture("email_change/01_customer_created.json")
-        .await;
+    store(&app, &fixture_json("email_change/01_customer_created.json")).await;
     assert_eq!(
         app.customer_id(A, "grace@example.com", false)
             .await
@@ -230,8 +245,11 @@ async fn rule_4_an_email_change_moves_the_customer(backend: Backend) {
         Some("cus_QEmailChange00001")
     );
 
-    app.deliver_fixture("email_change/02_customer_updated_email.json")
-        .await;
+    store(
+        &app,
+        &fixture_json("email_change/02_customer_updated_email.json"),
+    )
+    .await;
 
     assert_eq!(app.customer_id(A, "grace@example.com", false).await, None);
     assert_eq!(
@@ -244,25 +262,27 @@ async fn rule_4_an_email_change_moves_the_customer(backend: Backend) {
 
 async fn rule_4_a_customer_without_email_is_not_indexed(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    app.deliver_json(&snapshot(
-        "evt_1",
-        "customer.created",
-        1,
-        "cus_1",
-        Some("x@example.com"),
-        1,
-    ))
+    store(
+        &app,
+        &snapshot(
+            "evt_1",
+            "customer.created",
+            1,
+            "cus_1",
+            Some("x@example.com"),
+            1,
+        ),
+    )
     .await;
-    app.deliver_json(&snapshot("evt_2", "customer.updated", 2, "cus_1", None, 1))
-        .await;
-    app.deliver_json(&snapshot(
-        "evt_3",
-        "customer.created",
-        3,
-        "cus_2",
-        Some("   "),
-        3,
-    ))
+    store(
+        &app,
+        &snapshot("evt_2", "customer.updated", 2, "cus_1", None, 1),
+    )
+    .await;
+    store(
+        &app,
+        &snapshot("evt_3", "customer.created", 3, "cus_2", Some("   "), 3),
+    )
     .await;
 
     assert_eq!(app.customer_id(A, "x@example.com", false).await, None);
@@ -278,60 +298,54 @@ async fn rule_5_shared_email_gives_the_oldest_then_smallest_id_and_the_next_take
 ) {
     let app = TestApp::spawn(backend).await;
     let shared = "dup@example.com";
-    app.deliver_json(&snapshot(
-        "evt_1",
-        "customer.created",
-        50,
-        "cus_b",
-        Some(shared),
-        20,
-    ))
+    store(
+        &app,
+        &snapshot("evt_1", "customer.created", 50, "cus_b", Some(shared), 20),
+    )
     .await;
-    app.deliver_json(&snapshot(
-        "evt_2",
-        "customer.created",
-        50,
-        "cus_a",
-        Some("DUP@example.com"),
-        20,
-    ))
+    store(
+        &app,
+        &snapshot(
+            "evt_2",
+            "customer.created",
+            50,
+            "cus_a",
+            Some("DUP@example.com"),
+            20,
+        ),
+    )
     .await;
-    app.deliver_json(&snapshot(
-        "evt_3",
-        "customer.created",
-        40,
-        "cus_0",
-        Some(shared),
-        30,
-    ))
+    store(
+        &app,
+        &snapshot("evt_3", "customer.created", 40, "cus_0", Some(shared), 30),
+    )
     .await;
     assert_eq!(
         app.customer_id(A, shared, false).await.as_deref(),
         Some("cus_a")
     );
 
-    app.deliver_json(&snapshot(
-        "evt_4",
-        "customer.deleted",
-        60,
-        "cus_a",
-        Some(shared),
-        20,
-    ))
+    store(
+        &app,
+        &snapshot("evt_4", "customer.deleted", 60, "cus_a", Some(shared), 20),
+    )
     .await;
     assert_eq!(
         app.customer_id(A, shared, false).await.as_deref(),
         Some("cus_b")
     );
 
-    app.deliver_json(&snapshot(
-        "evt_5",
-        "customer.updated",
-        70,
-        "cus_b",
-        Some("elsewhere@example.com"),
-        20,
-    ))
+    store(
+        &app,
+        &snapshot(
+            "evt_5",
+            "customer.updated",
+            70,
+            "cus_b",
+            Some("elsewhere@example.com"),
+            20,
+        ),
+    )
     .await;
     assert_eq!(
         app.customer_id(A, shared, false).await.as_deref(),
@@ -353,15 +367,18 @@ async fn rule_5_falls_back_to_the_event_created_when_the_object_has_none(backend
         .as_object_mut()
         .unwrap()
         .remove("created");
-    app.deliver_json(&no_created).await;
-    app.deliver_json(&snapshot(
-        "evt_2",
-        "customer.created",
-        20,
-        "cus_a",
-        Some("c@example.com"),
-        15,
-    ))
+    store(&app, &no_created).await;
+    store(
+        &app,
+        &snapshot(
+            "evt_2",
+            "customer.created",
+            20,
+            "cus_a",
+            Some("c@example.com"),
+            15,
+        ),
+    )
     .await;
 
     assert_eq!(
@@ -372,8 +389,11 @@ async fn rule_5_falls_back_to_the_event_created_when_the_object_has_none(backend
 
 async fn rule_6_other_customer_events_are_logged_but_change_nothing(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    app.deliver_fixture("seed/01_customer_created_organizer_a.json")
-        .await;
+    store(
+        &app,
+        &fixture_json("seed/01_customer_created_organizer_a.json"),
+    )
+    .await;
     let before = app.store.customers().await.unwrap();
 
     let (status, body) = app
@@ -433,11 +453,18 @@ async fn rule_7_tables_depend_on_the_set_of_events_not_their_order(backend: Back
     ];
     let forward = TestApp::spawn(backend).await;
     for event in &events {
-        forward.deliver_json(event).await;
+        store(&forward, event).await;
     }
     let backward = TestApp::spawn(backend).await;
-    for event in events.iter().rev().chain(events.iter()) {
-        backward.deliver_json(event).await;
+    for event in events.iter().rev() {
+        store(&backward, event).await;
+    }
+    for event in &events {
+        let (status, body) = backward.deliver_json(event).await;
+        assert_eq!(
+            (status, &body["status"]),
+            (StatusCode::OK, &json!("duplicate"))
+        );
     }
 
     assert_eq!(
@@ -459,8 +486,11 @@ async fn rule_8_an_unprojectable_event_is_stored_recorded_and_blocks_nothing(bac
     let (status, body) = app
         .deliver_fixture("other/customer_created_not_a_customer.json")
         .await;
-    app.deliver_fixture("seed/01_customer_created_organizer_a.json")
-        .await;
+    store(
+        &app,
+        &fixture_json("seed/01_customer_created_organizer_a.json"),
+    )
+    .await;
 
     assert_eq!(
         (status, body["status"].clone()),
