@@ -60,11 +60,20 @@ fn created_under(case: &Case, prefix: &str) -> HashSet<(String, bool, String)> {
         .collect()
 }
 
+/// A lookup's answer, reduced to what the oracle decides.
+#[derive(Debug, PartialEq, Eq)]
+enum Expected {
+    Found(String),
+    NotFound,
+    Ambiguous,
+}
+
 async fn check_case(store: &Store, case: &Case, run: usize) -> Result<(), TestCaseError> {
     let prefix = format!("iso{run}_");
     let [order, _] = case.orders();
     permutation::deliver(store, case, &order, &prefix).await?;
     let owners = created_under(case, &prefix);
+    let model = permutation::oracle(case)?;
 
     let mut accounts: Vec<String> = ACCOUNTS
         .iter()
@@ -81,10 +90,30 @@ async fn check_case(store: &Store, case: &Case, run: usize) -> Result<(), TestCa
                     .lookup(&account_id, &key, livemode)
                     .await
                     .map_err(|e| TestCaseError::fail(format!("lookup: {e}")))?;
+                let asked = format!("{account} {email} livemode={livemode:?}");
+                // Every answer, found or not, is the oracle's.
+                let oracle_id = |mode: bool| {
+                    let account = AccountId::parse(account.strip_prefix(&prefix)?).ok()?;
+                    let snapshot = model.lookup(&account, mode, &key)?;
+                    Some(snapshot.customer_id.to_string())
+                };
+                let expected = match livemode {
+                    Some(mode) => oracle_id(mode).map_or(Expected::NotFound, Expected::Found),
+                    None => match (oracle_id(false), oracle_id(true)) {
+                        (Some(_), Some(_)) => Expected::Ambiguous,
+                        (Some(id), None) | (None, Some(id)) => Expected::Found(id),
+                        (None, None) => Expected::NotFound,
+                    },
+                };
+                let actual = match &answer {
+                    Lookup::Found(customer) => Expected::Found(customer.customer_id.clone()),
+                    Lookup::NotFound => Expected::NotFound,
+                    Lookup::AmbiguousLivemode => Expected::Ambiguous,
+                };
+                prop_assert_eq!(&actual, &expected, "{}", asked);
                 let Lookup::Found(customer) = answer else {
                     continue;
                 };
-                let asked = format!("{account} {email} livemode={livemode:?}");
                 prop_assert_eq!(&customer.account, account, "{}", asked);
                 if let Some(livemode) = livemode {
                     prop_assert_eq!(customer.livemode, livemode, "{}", asked);
