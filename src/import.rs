@@ -118,7 +118,9 @@ struct ListObject<'a> {
 
 /// Splits an export into records, each the exact text of one event (or why it is not).
 pub fn split(text: &str) -> Vec<(Position, Result<&str, String>)> {
-    let start = text.trim_start_matches(['\u{feff}', ' ', '\t', '\r', '\n']);
+    // Editors on Windows start UTF-8 files with a byte-order mark; JSON has no place for it.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let start = text.trim_start_matches([' ', '\t', '\r', '\n']);
     if start.starts_with('[') {
         return match serde_json::from_str::<Vec<&RawValue>>(text) {
             Ok(items) => numbered(items),

@@ -155,6 +155,48 @@ async fn standard_input_and_a_single_event_import(backend: Backend) {
     );
 }
 
+async fn exports_starting_with_a_byte_order_mark_import_in_every_shape(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let event = |n: i64| {
+        created(
+            &format!("evt_bom_{n}"),
+            "acct_9",
+            &format!("cus_b{n}"),
+            "b@x.io",
+            n,
+        )
+    };
+    let shapes = [
+        (
+            "list.json",
+            json!({"object": "list", "data": [event(1)], "has_more": false}).to_string(),
+        ),
+        ("array.json", json!([event(2)]).to_string()),
+        (
+            "single.json",
+            serde_json::to_string_pretty(&event(3)).unwrap(),
+        ),
+        ("lines.jsonl", format!("{}\n{}\n", event(4), event(5))),
+    ];
+    let mut argv = vec!["import".to_owned()];
+    for (name, text) in &shapes {
+        argv.push(write(&dir, name, &format!("\u{feff}{text}")));
+    }
+    let output = run(
+        &app.db.url,
+        &argv.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        counts(&output),
+        json!({"read": 5, "appended": 5, "duplicate": 0, "ignored": 0, "rejected": 0})
+    );
+    assert_eq!(app.store.status().await.unwrap().events, 5);
+}
+
 #[test]
 fn an_unreadable_file_exits_2_before_importing_anything() {
     let dir = tempfile::tempdir().unwrap();
@@ -176,5 +218,6 @@ fn an_unreadable_file_exits_2_before_importing_anything() {
 
 on_both_backends!(
     list_object_array_and_json_lines_import_once,
-    standard_input_and_a_single_event_import
+    standard_input_and_a_single_event_import,
+    exports_starting_with_a_byte_order_mark_import_in_every_shape,
 );
