@@ -4,7 +4,6 @@
 #[macro_use]
 mod helpers;
 mod cli;
-mod crash;
 mod ensure;
 mod fake_stripe;
 mod faults;
