@@ -154,8 +154,22 @@ async fn status_prints_counts_as_json(backend: Backend) {
 
 async fn migrate_creates_the_schema_and_serve_stops_cleanly_on_sigterm(backend: Backend) {
     let db = TestDb::create(backend).await;
+    let tables_sql = match backend {
+        Backend::Sqlite => {
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        }
+        Backend::Postgres => {
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
+        }
+    };
     let migrated = run(&db.url, &["migrate"]);
     assert_eq!(migrated.status.code(), Some(0), "{}", stderr(&migrated));
+    let tables = db.fetch_strings(tables_sql).await;
+    assert_eq!(tables, ["_sqlx_migrations", "customers", "events"]);
+    let applied = db
+        .fetch_strings("SELECT CAST(version AS TEXT) FROM _sqlx_migrations ORDER BY version")
+        .await;
+    assert!(!applied.is_empty());
     let again = run(&db.url, &["migrate"]);
     assert_eq!(
         again.status.code(),
@@ -163,15 +177,18 @@ async fn migrate_creates_the_schema_and_serve_stops_cleanly_on_sigterm(backend: 
         "migrate is idempotent: {}",
         stderr(&again)
     );
+    assert_eq!(db.fetch_strings(tables_sql).await, tables);
+    assert_eq!(
+        db.fetch_strings("SELECT CAST(version AS TEXT) FROM _sqlx_migrations ORDER BY version")
+            .await,
+        applied
+    );
 
     let mut served = Served::start(&db.url);
-    let pid = served.child.id().to_string();
-    let signalled = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(signalled.success());
-    let exit = served.child.wait().unwrap();
+    served.terminate();
+    let exit = served
+        .wait_exit(std::time::Duration::from_secs(30))
+        .expect("serve stops within 30 s of SIGTERM");
     assert_eq!(exit.code(), Some(0), "graceful stop exits 0");
 }
 
