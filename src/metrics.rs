@@ -57,7 +57,7 @@ pub const LOOKUP_OUTCOMES: [&str; 6] = [
     "store_unavailable",
 ];
 
-/// Stripe's `customer.*` event types (STRIPE.md). A type outside this list is counted as
+/// Stripe's `customer.*` event types (Stripe's API reference). A type outside this list is counted as
 /// `other`, so a hostile or future type cannot grow the number of series.
 const CUSTOMER_EVENT_TYPES: [&str; 21] = [
     "customer.created",

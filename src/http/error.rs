@@ -1,4 +1,4 @@
-//! Every error the API can answer, and its status and body (CONTRACT.md).
+//! Every error the API can answer, and its status and body (docs/api.md).
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};

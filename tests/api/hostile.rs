@@ -1,10 +1,10 @@
-//! Hostile input: whatever arrives, every answer is one CONTRACT.md documents (400 with a
+//! Hostile input: whatever arrives, every answer is one docs/api.md documents (400 with a
 //! documented code, 401, 404, 409, 413, 200), never a 5xx on a healthy database, never a
 //! panic (the server keeps answering `/healthz`), never a hang, and never an error body
 //! that repeats a secret or the read token.
 //!
 //! The property tests run `DEFAULT_CASES` cases; `PROPTEST_CASES=100000 cargo test --test
-//! api hostile` runs more (see README, "Guarantees").
+//! api hostile` runs more (see docs/architecture.md, "Guarantees").
 
 use std::cell::Cell;
 use std::io::{Read, Write};
@@ -33,7 +33,7 @@ const READ_TOKEN: &str = "read_token_hostile_suite";
 /// Anything slower than this is a hang, not a slow answer.
 const HANG: Duration = Duration::from_secs(30);
 
-/// Error codes CONTRACT.md documents for the two endpoints exercised here.
+/// Error codes docs/api.md documents for the two endpoints exercised here.
 const WEBHOOK_CODES: [&str; 6] = [
     "missing_signature",
     "malformed_signature",

@@ -1,4 +1,4 @@
-//! `GET /v1/customers`: every row of CONTRACT.md's lookup table.
+//! `GET /v1/customers`: every row of the lookup table of docs/api.md.
 
 use reqwest::StatusCode;
 use serde_json::json;

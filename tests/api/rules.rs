@@ -1,4 +1,4 @@
-//! Projection rules 1-8 of CONTRACT.md, each through the real HTTP stack.
+//! Projection rules 1-8 (README), each through the real HTTP stack.
 
 use reqwest::StatusCode;
 use serde_json::json;

@@ -1,4 +1,4 @@
-//! `POST /webhooks/stripe`: every row of CONTRACT.md's webhook table.
+//! `POST /webhooks/stripe`: every row of the webhook table of docs/api.md.
 
 use reqwest::StatusCode;
 use serde_json::json;
