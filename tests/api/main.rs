@@ -12,6 +12,7 @@ mod hostile;
 mod import;
 mod isolation;
 mod lookup;
+mod memory;
 mod ops;
 mod permutation;
 mod process;
