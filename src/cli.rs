@@ -10,7 +10,7 @@ use crate::config::{self, WebhookConfig};
 use crate::domain::AccountId;
 use crate::ensure::{EnsureError, EnsureRequest, Ensurer};
 use crate::group_commit::GroupCommitter;
-use crate::http::{self, AppState, ServerOptions};
+use crate::http::{self, AppState, BodyBudget, ServerOptions};
 use crate::lookup::LookupRequest;
 use crate::lookup_batch::LookupBatcher;
 use crate::replay::{self, Progress};
@@ -152,6 +152,19 @@ struct ServeArgs {
     #[arg(long, env = "HTTP_WORKERS", default_value_t = 2,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: u16,
+
+    /// Bytes of request bodies read or handled at once, across all workers; a request
+    /// whose body (its Content-Length, else the endpoint's limit) does not fit now gets
+    /// 503 overloaded with Retry-After: 1. At least MAX_BODY_BYTES and 65536.
+    #[arg(long, env = "MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 64 * 1_048_576,
+          value_parser = clap::value_parser!(u64).range(1..=1_099_511_627_776))]
+    max_body_bytes_in_flight: u64,
+
+    /// Connections served at once, PER WORKER (the process serves up to HTTP_WORKERS
+    /// times this); further connections wait in the listen backlog until one closes.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
 
     #[command(flatten)]
     stripe: StripeArgs,
@@ -314,6 +327,7 @@ async fn serve(database_url: &str, args: ServeArgs) -> Result<ExitCode, Failure>
         max_body_bytes: usize::try_from(args.max_body_bytes)
             .map_err(|_| Failure::Usage("MAX_BODY_BYTES is too large for this machine".into()))?,
     };
+    let body_budget = body_budget(args.max_body_bytes_in_flight, webhook.max_body_bytes)?;
     let read_token = config::parse_read_token(env_var("READ_API_TOKEN")?.as_deref());
     let ensure = Ensurer::new(stripe_api(&args.stripe)?, webhook.platform_account.clone());
     parse_database_url(database_url)?;
@@ -330,6 +344,8 @@ async fn serve(database_url: &str, args: ServeArgs) -> Result<ExitCode, Failure>
         workers: usize::from(args.workers),
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
         client_timeout: Duration::from_secs(args.client_timeout_secs),
+        max_connections: usize::try_from(args.max_connections)
+            .map_err(|_| Failure::Usage("MAX_CONNECTIONS is too large for this machine".into()))?,
     };
     let server = http::server(
         AppState {
@@ -339,6 +355,7 @@ async fn serve(database_url: &str, args: ServeArgs) -> Result<ExitCode, Failure>
             webhook,
             read_token,
             ensure,
+            body_budget,
         },
         listener,
         options,
@@ -353,6 +370,23 @@ async fn serve(database_url: &str, args: ServeArgs) -> Result<ExitCode, Failure>
         .map_err(|e| Failure::runtime("server failed", e))?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The budget of body bytes in flight: it must hold the largest body either endpoint
+/// accepts, or that body could never be read.
+fn body_budget(in_flight: u64, max_body_bytes: usize) -> Result<BodyBudget, Failure> {
+    let at_least = max_body_bytes.max(http::ENSURE_MAX_BODY_BYTES);
+    let in_flight = usize::try_from(in_flight).map_err(|_| {
+        Failure::Usage("MAX_BODY_BYTES_IN_FLIGHT is too large for this machine".into())
+    })?;
+    if in_flight < at_least {
+        return Err(Failure::Usage(format!(
+            "MAX_BODY_BYTES_IN_FLIGHT ({in_flight}) must be at least MAX_BODY_BYTES \
+             ({max_body_bytes}) and {}",
+            http::ENSURE_MAX_BODY_BYTES
+        )));
+    }
+    Ok(BodyBudget::new(in_flight))
 }
 
 /// The Stripe client, or `None` when STRIPE_SECRET_KEY is unset (ensure disabled).

@@ -9,7 +9,7 @@ use crate::group_commit::GroupCommitter;
 use crate::projection;
 use crate::store::{AppendOutcome, Source, StoreError};
 use crate::stripe::event::{self, Delivery, PayloadError};
-use crate::stripe::signature::{self, SignatureError};
+use crate::stripe::signature::{SignatureError, SignatureHeader};
 
 /// What happened to an accepted delivery: the 200 body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -42,8 +42,10 @@ pub enum Rejected {
     Store(#[from] StoreError),
 }
 
-/// Verifies, parses, then appends and projects a delivery. Returns only once the event is
-/// committed, so an `Ok` may be acknowledged to Stripe.
+/// Verifies, parses, then appends and projects a delivery. The header arrives parsed (its
+/// syntax is checked before the body is read); its signature and timestamp are checked
+/// here, against the body. Returns only once the event is committed, so an `Ok` may be
+/// acknowledged to Stripe.
 ///
 /// Once parsed, the event's id, type and account are recorded on the current span (the
 /// HTTP request span declares `event_id`, `event_type` and `account`), so every line
@@ -51,17 +53,11 @@ pub enum Rejected {
 pub async fn deliver(
     committer: &GroupCommitter,
     config: &WebhookConfig,
-    signature_header: &[u8],
+    signature: &SignatureHeader<'_>,
     body: &[u8],
     now: i64,
 ) -> Result<Accepted, Rejected> {
-    signature::verify(
-        signature_header,
-        body,
-        &config.secrets,
-        now,
-        config.tolerance_secs,
-    )?;
+    signature.verify(body, &config.secrets, now, config.tolerance_secs)?;
     let span = tracing::Span::current();
     let event = match event::parse(body, &config.platform_account)? {
         Delivery::Ignored { event_id } => {

@@ -24,9 +24,10 @@ const APPEND_DURATION: &str = "stripe_projector_append_duration_seconds";
 const COMMIT_BATCH: &str = "stripe_projector_commit_batch_events";
 const LOOKUPS: &str = "stripe_projector_lookups_total";
 const BUILD_INFO: &str = "stripe_projector_build_info";
+const BODY_BYTES_IN_FLIGHT: &str = "stripe_projector_body_bytes_in_flight";
 
 /// Every answer of `POST /webhooks/stripe`: the 200 statuses, then each rejection code.
-pub const WEBHOOK_OUTCOMES: [&str; 10] = [
+pub const WEBHOOK_OUTCOMES: [&str; 11] = [
     "stored",
     "duplicate",
     "ignored",
@@ -37,6 +38,7 @@ pub const WEBHOOK_OUTCOMES: [&str; 10] = [
     "invalid_payload",
     "payload_too_large",
     "store_unavailable",
+    "overloaded",
 ];
 
 /// The webhook outcomes that are signature failures; the reason is the rejection code.
@@ -181,6 +183,11 @@ fn describe_and_zero() {
     );
     describe_counter!(LOOKUPS, "Checkout lookups answered, by outcome");
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build");
+    describe_gauge!(
+        BODY_BYTES_IN_FLIGHT,
+        Unit::Bytes,
+        "Bytes reserved now for request bodies being read or handled (bounded by MAX_BODY_BYTES_IN_FLIGHT)"
+    );
     for outcome in WEBHOOK_OUTCOMES {
         counter!(WEBHOOK_REQUESTS, "outcome" => outcome).increment(0);
     }
@@ -192,6 +199,7 @@ fn describe_and_zero() {
     }
     counter!(PROJECTION_ERRORS).increment(0);
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    gauge!(BODY_BYTES_IN_FLIGHT).increment(0.0);
 }
 
 /// Counts one answered webhook delivery. `outcome` is the 200 status or the error code.
@@ -200,6 +208,17 @@ pub fn webhook_answered(outcome: &'static str) {
     if SIGNATURE_REASONS.contains(&outcome) {
         counter!(SIGNATURE_FAILURES, "reason" => outcome).increment(1);
     }
+}
+
+/// Records bytes reserved for a request body (see `http::body_budget`).
+pub fn body_bytes_reserved(bytes: usize) {
+    // Exact below 2^53 bytes, far beyond any budget.
+    gauge!(BODY_BYTES_IN_FLIGHT).increment(bytes as f64);
+}
+
+/// Records bytes given back once a request body is done with.
+pub fn body_bytes_released(bytes: usize) {
+    gauge!(BODY_BYTES_IN_FLIGHT).decrement(bytes as f64);
 }
 
 /// Counts one answered lookup. `outcome` is `found` or the error code.

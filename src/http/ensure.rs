@@ -5,12 +5,12 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{Map, Value};
 
 use super::customers::authorize;
-use super::webhook::read_limited;
+use super::webhook::{declared_length, read_limited};
 use super::{ApiError, AppState};
 use crate::ensure::{EnsureRequest, InvalidEnsure};
 
 /// An ensure body is four short fields; anything near this size is not one.
-const MAX_BODY_BYTES: usize = 64 * 1024;
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub(super) async fn ensure(
     request: HttpRequest,
@@ -18,7 +18,11 @@ pub(super) async fn ensure(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&request, state.read_token.as_ref())?;
-    let body = read_limited(&request, payload, MAX_BODY_BYTES).await?;
+    let declared = declared_length(&request, MAX_BODY_BYTES)?;
+    let _reserved = state
+        .body_budget
+        .reserve(declared.unwrap_or(MAX_BODY_BYTES))?;
+    let body = read_limited(payload, declared, MAX_BODY_BYTES).await?;
     let ensure = parse_body(&body).map_err(crate::ensure::EnsureError::from)?;
     let ensured = state.ensure.ensure(&state.store, &ensure).await?;
     let status = if ensured.created {

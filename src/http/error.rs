@@ -23,6 +23,9 @@ pub enum ApiError {
     Signature(#[from] SignatureError),
     #[error("{0}")]
     InvalidPayload(String),
+    /// The budget of request body bytes in flight cannot take this body now.
+    #[error("too many request bodies are being read at once; retry later")]
+    Overloaded,
     #[error("the event store is unavailable; retry later")]
     StoreUnavailable(#[source] StoreError),
     #[error(transparent)]
@@ -76,6 +79,7 @@ impl ApiError {
             Self::Signature(SignatureError::Mismatch) => "signature_mismatch",
             Self::Signature(SignatureError::OutOfTolerance { .. }) => "timestamp_out_of_tolerance",
             Self::StoreUnavailable(_) => "store_unavailable",
+            Self::Overloaded => "overloaded",
             Self::InvalidRequest(_) => "invalid_request",
             Self::NotFound => "not_found",
             Self::AmbiguousLivemode => "ambiguous_livemode",
@@ -97,7 +101,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::StoreUnavailable(_) | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::AmbiguousLivemode => StatusCode::CONFLICT,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -126,6 +130,8 @@ impl ResponseError for ApiError {
         if let Self::StoreUnavailable(cause) = self {
             // The cause stays in our logs; the client only learns to retry.
             tracing::error!(error = %cause, "store unavailable");
+        } else if let Self::Overloaded = self {
+            tracing::warn!(code = self.code(), "request refused: body budget exhausted");
         } else if let Self::Ensure(cause) = self {
             tracing::warn!(code = self.code(), reason = %cause, "ensure failed");
         } else if status == StatusCode::BAD_REQUEST || status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -149,8 +155,15 @@ impl ResponseError for ApiError {
             _ => json!({ "error": self.code(), "message": self.to_string() }),
         };
         let mut response = HttpResponse::build(status);
-        if let Self::Unauthorized = self {
-            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        match self {
+            Self::Unauthorized => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            // Budget frees as soon as bodies in flight are handled; Stripe retries 5xx anyway.
+            Self::Overloaded => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            _ => {}
         }
         response.json(body)
     }

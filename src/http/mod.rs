@@ -1,5 +1,6 @@
 //! The HTTP surface: routes, shared state, and the one place errors become statuses.
 
+mod body_budget;
 mod body_deadline;
 mod customers;
 mod ensure;
@@ -22,6 +23,8 @@ use crate::lookup_batch::LookupBatcher;
 use crate::secret::Secret;
 use crate::store::Store;
 
+pub use self::ensure::MAX_BODY_BYTES as ENSURE_MAX_BODY_BYTES;
+pub use body_budget::BodyBudget;
 pub use error::ApiError;
 
 /// Everything a request handler may use.
@@ -37,6 +40,8 @@ pub struct AppState {
     pub read_token: Option<Secret>,
     /// Checkout's get-or-create; one per process, so its single flight spans workers.
     pub ensure: Ensurer,
+    /// Bytes of request bodies that may be in flight at once, across workers.
+    pub body_budget: BodyBudget,
 }
 
 /// Server knobs that are not part of request handling.
@@ -48,6 +53,9 @@ pub struct ServerOptions {
     /// How long a client may take to send a request head, and then its body; a client
     /// that stalls longer gets 408 and a closed connection.
     pub client_timeout: Duration,
+    /// Connections each worker serves at once; beyond it, new connections wait in the
+    /// listen backlog instead of each costing buffers and a task.
+    pub max_connections: usize,
 }
 
 impl Default for ServerOptions {
@@ -56,6 +64,7 @@ impl Default for ServerOptions {
             workers: 2,
             shutdown_timeout: Duration::from_secs(30),
             client_timeout: Duration::from_secs(10),
+            max_connections: 1024,
         }
     }
 }
@@ -91,6 +100,7 @@ pub fn server(
             .configure(routes)
     })
     .workers(options.workers)
+    .max_connections(options.max_connections)
     .shutdown_timeout(options.shutdown_timeout.as_secs())
     .client_request_timeout(options.client_timeout)
     .client_disconnect_timeout(options.client_timeout)

@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 
 use super::{ApiError, AppState};
 use crate::ingest;
+use crate::stripe::signature::SignatureHeader;
 
 /// Answers a delivery and counts its outcome.
 pub(super) async fn receive(
@@ -22,47 +23,61 @@ pub(super) async fn receive(
     Ok(HttpResponse::Ok().json(answer?))
 }
 
-/// Checks run in the contract's order: body size, header present, then (in `ingest`)
-/// header syntax, signature, timestamp, payload shape.
+/// Checks run in the contract's order: body size, header present, header syntax; only then
+/// is the body reserved for and read, so a client without a well-formed header costs no
+/// body memory and no wait. Then (in `ingest`) signature, timestamp, payload shape.
 async fn accept(
     request: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
 ) -> Result<ingest::Accepted, ApiError> {
-    let body = read_limited(request, payload, state.webhook.max_body_bytes).await?;
+    let limit = state.webhook.max_body_bytes;
+    let declared = declared_length(request, limit)?;
     let signature = request
         .headers()
         .get("Stripe-Signature")
         .ok_or(ApiError::MissingSignature)?;
+    let signature = SignatureHeader::parse(signature.as_bytes())?;
+    // Held until the delivery is answered: the body lives until then.
+    let _reserved = state.body_budget.reserve(declared.unwrap_or(limit))?;
+    let body = read_limited(payload, declared, limit).await?;
     let now = chrono::Utc::now().timestamp();
-    let accepted = ingest::deliver(
-        &state.committer,
-        &state.webhook,
-        signature.as_bytes(),
-        &body,
-        now,
-    )
-    .await?;
+    let accepted =
+        ingest::deliver(&state.committer, &state.webhook, &signature, &body, now).await?;
     Ok(accepted)
 }
 
-/// Reads the raw body (the signature covers these exact bytes), refusing more than
-/// `limit` bytes without buffering them.
-pub(super) async fn read_limited(
+/// The body length the request declares (`Content-Length`), refused with 413 when over
+/// `limit` before anything is read. `None` when it declares none (chunked).
+pub(super) fn declared_length(
     request: &HttpRequest,
-    mut payload: web::Payload,
     limit: usize,
-) -> Result<Bytes, ApiError> {
-    let too_large = ApiError::PayloadTooLarge { limit };
+) -> Result<Option<usize>, ApiError> {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        return Err(too_large);
+    match declared {
+        Some(length) if length > limit as u64 => Err(ApiError::PayloadTooLarge { limit }),
+        // At most `limit`, so it fits in a usize.
+        Some(length) => Ok(Some(length as usize)),
+        None => Ok(None),
     }
-    let mut body = BytesMut::new();
+}
+
+/// Reads the raw body (the signature covers these exact bytes), refusing more than
+/// `limit` bytes without buffering them. The buffer is allocated once, of the size
+/// reserved for the body: the declared length (actix ends a body at its
+/// `Content-Length`), or the limit for a chunked body. It never grows, so it never doubles
+/// past the reservation; pages it never fills are never touched.
+pub(super) async fn read_limited(
+    mut payload: web::Payload,
+    declared: Option<usize>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large = ApiError::PayloadTooLarge { limit };
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(limit).min(limit));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|_| ApiError::BodyUnreadable)?;
         if body.len() + chunk.len() > limit {

@@ -24,13 +24,50 @@ pub enum SignatureError {
     OutOfTolerance { age_secs: i128, tolerance_secs: u64 },
 }
 
-/// A parsed header: the timestamp exactly as sent, and every well-formed `v1`.
+/// A parsed header: the timestamp exactly as sent, and every well-formed `v1`. Parsing
+/// needs no body, so a malformed header is refused before the body is read.
 #[derive(Debug)]
-struct SignatureHeader<'a> {
+pub struct SignatureHeader<'a> {
     timestamp_text: &'a str,
     timestamp: i64,
     /// Decoded `v1` values; a `v1` that is not 64 hex digits can never match and is dropped.
     v1: Vec<[u8; 32]>,
+}
+
+impl<'a> SignatureHeader<'a> {
+    /// Checks the header's syntax only.
+    pub fn parse(header: &'a [u8]) -> Result<Self, SignatureError> {
+        parse_header(header)
+    }
+
+    /// Checks the signature against the body, then the timestamp against `now` (unix
+    /// seconds; an age equal to the tolerance passes). Returns the signed timestamp.
+    pub fn verify(
+        &self,
+        body: &[u8],
+        secrets: &[Secret],
+        now: i64,
+        tolerance_secs: u64,
+    ) -> Result<i64, SignatureError> {
+        let mut matched = subtle::Choice::from(0);
+        for secret in secrets {
+            let expected = expected_mac(secret, self.timestamp_text, body);
+            for candidate in &self.v1 {
+                matched |= expected.ct_eq(candidate);
+            }
+        }
+        if !bool::from(matched) {
+            return Err(SignatureError::Mismatch);
+        }
+        let age_secs = i128::from(now) - i128::from(self.timestamp);
+        if age_secs.unsigned_abs() > u128::from(tolerance_secs) {
+            return Err(SignatureError::OutOfTolerance {
+                age_secs,
+                tolerance_secs,
+            });
+        }
+        Ok(self.timestamp)
+    }
 }
 
 fn parse_header(header: &[u8]) -> Result<SignatureHeader<'_>, SignatureError> {
@@ -97,8 +134,9 @@ fn expected_mac(secret: &Secret, timestamp_text: &str, body: &[u8]) -> [u8; 32] 
     mac.finalize().into_bytes().into()
 }
 
-/// Verifies a delivery. `now` is unix seconds; an age equal to the tolerance passes.
-/// Returns the signed timestamp.
+/// Verifies a delivery: the header's syntax, then the signature, then the timestamp.
+/// `now` is unix seconds; an age equal to the tolerance passes. Returns the signed
+/// timestamp.
 pub fn verify(
     header: &[u8],
     body: &[u8],
@@ -106,25 +144,7 @@ pub fn verify(
     now: i64,
     tolerance_secs: u64,
 ) -> Result<i64, SignatureError> {
-    let parsed = parse_header(header)?;
-    let mut matched = subtle::Choice::from(0);
-    for secret in secrets {
-        let expected = expected_mac(secret, parsed.timestamp_text, body);
-        for candidate in &parsed.v1 {
-            matched |= expected.ct_eq(candidate);
-        }
-    }
-    if !bool::from(matched) {
-        return Err(SignatureError::Mismatch);
-    }
-    let age_secs = i128::from(now) - i128::from(parsed.timestamp);
-    if age_secs.unsigned_abs() > u128::from(tolerance_secs) {
-        return Err(SignatureError::OutOfTolerance {
-            age_secs,
-            tolerance_secs,
-        });
-    }
-    Ok(parsed.timestamp)
+    SignatureHeader::parse(header)?.verify(body, secrets, now, tolerance_secs)
 }
 
 /// Signs a body as Stripe does: the value of a `Stripe-Signature` header. Used by `send`
@@ -309,6 +329,22 @@ mod tests {
     fn a_wrong_signature_is_a_mismatch_whatever_its_timestamp() {
         let header = format!("t=1,v1={}", "0".repeat(64));
         assert_eq!(verify_kat(&header), Err(SignatureError::Mismatch));
+    }
+
+    #[test]
+    fn the_header_is_parsed_without_the_body_then_verified_like_verify() {
+        assert_eq!(
+            SignatureHeader::parse(b"garbage").unwrap_err(),
+            SignatureError::Malformed("every item must be key=value")
+        );
+        let header = format!("t={KAT_T},v1={KAT_V1}");
+        let parsed = SignatureHeader::parse(header.as_bytes()).unwrap();
+        for (body, now) in [(KAT_BODY, KAT_T), (&b"other"[..], KAT_T), (KAT_BODY, 0)] {
+            assert_eq!(
+                parsed.verify(body, &kat_secret(), now, 300),
+                verify(header.as_bytes(), body, &kat_secret(), now, 300)
+            );
+        }
     }
 
     #[test]

@@ -68,6 +68,23 @@ fn bad_database_url_bad_flag_and_bad_values_exit_2() {
 }
 
 #[test]
+fn a_body_budget_smaller_than_the_largest_body_exits_2() {
+    for (flags, max_body_bytes) in [
+        (vec!["--max-body-bytes-in-flight", "1048575"], "1048576"),
+        (vec!["--max-body-bytes-in-flight", "65535"], "1024"),
+    ] {
+        let output = command("sqlite::memory:")
+            .arg("serve")
+            .args(flags)
+            .env("STRIPE_WEBHOOK_SECRET", "whsec_x")
+            .env("MAX_BODY_BYTES", max_body_bytes)
+            .output()
+            .unwrap();
+        assert_usage_error(&output, "MAX_BODY_BYTES_IN_FLIGHT");
+    }
+}
+
+#[test]
 fn errors_never_print_the_secret_or_the_database_password() {
     let output = command("postgres://user:hunter2@127.0.0.1:1/db")
         .arg("serve")

@@ -11,7 +11,7 @@ use stripe_projector::config::WebhookConfig;
 use stripe_projector::domain::AccountId;
 use stripe_projector::ensure::Ensurer;
 use stripe_projector::group_commit::GroupCommitter;
-use stripe_projector::http::{self, AppState, ServerOptions};
+use stripe_projector::http::{self, AppState, BodyBudget, ServerOptions};
 use stripe_projector::lookup_batch::LookupBatcher;
 use stripe_projector::secret::Secret;
 use stripe_projector::store::{DatabaseUrl, Store};
@@ -279,6 +279,8 @@ pub struct AppConfig {
     pub stripe_api: Option<StripeApiConfig>,
     /// How long a client may take to send a request head, then its body.
     pub client_timeout: Duration,
+    /// Bytes of request bodies the server reads or handles at once.
+    pub max_body_bytes_in_flight: usize,
 }
 
 impl Default for AppConfig {
@@ -290,6 +292,7 @@ impl Default for AppConfig {
             read_token: None,
             stripe_api: None,
             client_timeout: ServerOptions::default().client_timeout,
+            max_body_bytes_in_flight: 64 * 1_048_576,
         }
     }
 }
@@ -326,6 +329,7 @@ impl TestApp {
             },
             read_token: config.read_token.map(Secret::new),
             ensure: Ensurer::new(stripe, platform),
+            body_budget: BodyBudget::new(config.max_body_bytes_in_flight),
         };
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let base = format!("http://{}", listener.local_addr().unwrap());

@@ -12,6 +12,7 @@ mod import;
 mod isolation;
 mod limits;
 mod lookup;
+mod memory;
 mod ops;
 mod permutation;
 mod process;

@@ -27,6 +27,8 @@ pub fn command(database_url: &str) -> Command {
         "SHUTDOWN_TIMEOUT_SECS",
         "HTTP_WORKERS",
         "CLIENT_TIMEOUT_SECS",
+        "MAX_BODY_BYTES_IN_FLIGHT",
+        "MAX_CONNECTIONS",
     ] {
         command.env_remove(name);
     }
