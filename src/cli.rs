@@ -10,7 +10,7 @@ use crate::config::{self, WebhookConfig};
 use crate::domain::AccountId;
 use crate::ensure::{EnsureError, EnsureRequest, Ensurer};
 use crate::group_commit::GroupCommitter;
-use crate::http::{self, AppState, ServerOptions};
+use crate::http::{self, AppState, EnsureAccess, ServerOptions};
 use crate::lookup::LookupRequest;
 use crate::lookup_batch::LookupBatcher;
 use crate::replay::{self, Progress};
@@ -26,7 +26,11 @@ use crate::telemetry::LogFormat;
     version,
     about = "Stripe Connect customer read model: verified webhooks -> event log -> (account, livemode, email) lookups",
     after_help = "Secrets are read from the environment only: STRIPE_WEBHOOK_SECRET (comma-separated \
-                  whsec_... values), READ_API_TOKEN and STRIPE_SECRET_KEY."
+                  whsec_... values), READ_API_TOKEN, ENSURE_API_TOKEN and STRIPE_SECRET_KEY. \
+                  POST /v1/customers/ensure needs ENSURE_API_TOKEN as a bearer token when it is \
+                  set (READ_API_TOKEN does not grant it); when it is unset, ensure answers \
+                  loopback clients only, and `serve` refuses to listen beyond loopback with \
+                  STRIPE_SECRET_KEY set."
 )]
 pub struct Cli {
     /// Database: sqlite:PATH (embedded, created if missing) or postgres://...
@@ -315,7 +319,11 @@ async fn serve(database_url: &str, args: ServeArgs) -> Result<ExitCode, Failure>
             .map_err(|_| Failure::Usage("MAX_BODY_BYTES is too large for this machine".into()))?,
     };
     let read_token = config::parse_read_token(env_var("READ_API_TOKEN")?.as_deref());
-    let ensure = Ensurer::new(stripe_api(&args.stripe)?, webhook.platform_account.clone());
+    let ensure_token = config::parse_ensure_token(env_var("ENSURE_API_TOKEN")?.as_deref());
+    let stripe = stripe_api(&args.stripe)?;
+    config::check_ensure_exposure(args.listen_addr, stripe.is_some(), ensure_token.is_some())
+        .map_err(usage)?;
+    let ensure = Ensurer::new(stripe, webhook.platform_account.clone());
     parse_database_url(database_url)?;
     let listener = TcpListener::bind(args.listen_addr)
         .map_err(|e| Failure::runtime(&format!("cannot listen on {}", args.listen_addr), e))?;
@@ -338,6 +346,7 @@ async fn serve(database_url: &str, args: ServeArgs) -> Result<ExitCode, Failure>
             store,
             webhook,
             read_token,
+            ensure_access: EnsureAccess::from_token(ensure_token),
             ensure,
         },
         listener,
