@@ -77,7 +77,8 @@ enum Command {
     Import(ImportArgs),
     /// Remove old snapshots that a newer snapshot of the same customer supersedes.
     Prune(PruneArgs),
-    /// Sign event files like Stripe does and POST them to a running server.
+    /// Sign event files like Stripe does (with the first of STRIPE_WEBHOOK_SECRET) and
+    /// POST them to a running server.
     Send(SendArgs),
 }
 
@@ -118,8 +119,9 @@ struct SendArgs {
     #[arg(long)]
     url: Option<String>,
 
-    /// Signing secret [default: the first of STRIPE_WEBHOOK_SECRET].
-    #[arg(long, hide_env_values = true)]
+    /// Refused: a secret on the command line shows in `ps`. Kept (hidden) so that the
+    /// old flag gets a clear message rather than "unexpected argument".
+    #[arg(long, hide = true, value_name = "SECRET")]
     secret: Option<String>,
 }
 
@@ -619,6 +621,13 @@ async fn prune(database_url: &str, args: PruneArgs) -> Result<ExitCode, Failure>
 }
 
 async fn send(args: SendArgs) -> Result<ExitCode, Failure> {
+    if args.secret.is_some() {
+        return Err(Failure::Usage(
+            "--secret is not accepted (a secret on the command line shows in `ps`): \
+             set STRIPE_WEBHOOK_SECRET instead; send signs with its first secret"
+                .into(),
+        ));
+    }
     let url = match args.url {
         Some(url) => url,
         None => {
@@ -630,12 +639,13 @@ async fn send(args: SendArgs) -> Result<ExitCode, Failure> {
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https"))
         .ok_or_else(|| Failure::Usage(format!("--url {url} is not an http(s) URL")))?;
-    let secret = match args.secret {
-        Some(secret) => Secret::new(secret),
-        None => config::parse_webhook_secrets(env_var("STRIPE_WEBHOOK_SECRET")?.as_deref())
-            .map_err(|_| Failure::Usage("give --secret or set STRIPE_WEBHOOK_SECRET".into()))?
-            .swap_remove(0),
-    };
+    let secret = config::parse_webhook_secrets(env_var("STRIPE_WEBHOOK_SECRET")?.as_deref())
+        .map_err(|_| {
+            Failure::Usage(
+                "STRIPE_WEBHOOK_SECRET is not set: send signs with its first secret".into(),
+            )
+        })?
+        .swap_remove(0);
     let mut bodies = Vec::with_capacity(args.files.len());
     for path in &args.files {
         bodies.push((path, read_input(path)?));
