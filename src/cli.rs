@@ -10,7 +10,7 @@ use crate::config::{self, WebhookConfig};
 use crate::domain::AccountId;
 use crate::ensure::{EnsureError, EnsureRequest, Ensurer};
 use crate::group_commit::GroupCommitter;
-use crate::http::{self, AppState, BodyBudget, ServerOptions};
+use crate::http::{self, AppState, BodyBudget, EnsureAccess, ServerOptions};
 use crate::lookup::LookupRequest;
 use crate::lookup_batch::LookupBatcher;
 use crate::replay::{self, Progress};
@@ -26,7 +26,11 @@ use crate::telemetry::LogFormat;
     version,
     about = "Stripe Connect customer read model: verified webhooks -> event log -> (account, livemode, email) lookups",
     after_help = "Secrets are read from the environment only: STRIPE_WEBHOOK_SECRET (comma-separated \
-                  whsec_... values), READ_API_TOKEN and STRIPE_SECRET_KEY."
+                  whsec_... values), READ_API_TOKEN, ENSURE_API_TOKEN and STRIPE_SECRET_KEY. \
+                  POST /v1/customers/ensure needs ENSURE_API_TOKEN as a bearer token when it is \
+                  set (READ_API_TOKEN does not grant it); when it is unset, ensure answers \
+                  loopback clients only, and `serve` refuses to listen beyond loopback with \
+                  STRIPE_SECRET_KEY set."
 )]
 pub struct Cli {
     /// Database: sqlite:PATH (embedded, created if missing) or postgres://...
@@ -73,7 +77,8 @@ enum Command {
     Import(ImportArgs),
     /// Remove old snapshots that a newer snapshot of the same customer supersedes.
     Prune(PruneArgs),
-    /// Sign event files like Stripe does and POST them to a running server.
+    /// Sign event files like Stripe does (with the first of STRIPE_WEBHOOK_SECRET) and
+    /// POST them to a running server.
     Send(SendArgs),
 }
 
@@ -114,8 +119,9 @@ struct SendArgs {
     #[arg(long)]
     url: Option<String>,
 
-    /// Signing secret [default: the first of STRIPE_WEBHOOK_SECRET].
-    #[arg(long, hide_env_values = true)]
+    /// Refused: a secret on the command line shows in `ps`. Kept (hidden) so that the
+    /// old flag gets a clear message rather than "unexpected argument".
+    #[arg(long, hide = true, value_name = "SECRET")]
     secret: Option<String>,
 }
 
@@ -329,7 +335,11 @@ async fn serve(database_url: &str, args: ServeArgs) -> Result<ExitCode, Failure>
     };
     let body_budget = body_budget(args.max_body_bytes_in_flight, webhook.max_body_bytes)?;
     let read_token = config::parse_read_token(env_var("READ_API_TOKEN")?.as_deref());
-    let ensure = Ensurer::new(stripe_api(&args.stripe)?, webhook.platform_account.clone());
+    let ensure_token = config::parse_ensure_token(env_var("ENSURE_API_TOKEN")?.as_deref());
+    let stripe = stripe_api(&args.stripe)?;
+    config::check_ensure_exposure(args.listen_addr, stripe.is_some(), ensure_token.is_some())
+        .map_err(usage)?;
+    let ensure = Ensurer::new(stripe, webhook.platform_account.clone());
     parse_database_url(database_url)?;
     let listener = TcpListener::bind(args.listen_addr)
         .map_err(|e| Failure::runtime(&format!("cannot listen on {}", args.listen_addr), e))?;
@@ -354,6 +364,7 @@ async fn serve(database_url: &str, args: ServeArgs) -> Result<ExitCode, Failure>
             store,
             webhook,
             read_token,
+            ensure_access: EnsureAccess::from_token(ensure_token),
             ensure,
             body_budget,
         },
@@ -644,6 +655,13 @@ async fn prune(database_url: &str, args: PruneArgs) -> Result<ExitCode, Failure>
 }
 
 async fn send(args: SendArgs) -> Result<ExitCode, Failure> {
+    if args.secret.is_some() {
+        return Err(Failure::Usage(
+            "--secret is not accepted (a secret on the command line shows in `ps`): \
+             set STRIPE_WEBHOOK_SECRET instead; send signs with its first secret"
+                .into(),
+        ));
+    }
     let url = match args.url {
         Some(url) => url,
         None => {
@@ -655,12 +673,13 @@ async fn send(args: SendArgs) -> Result<ExitCode, Failure> {
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https"))
         .ok_or_else(|| Failure::Usage(format!("--url {url} is not an http(s) URL")))?;
-    let secret = match args.secret {
-        Some(secret) => Secret::new(secret),
-        None => config::parse_webhook_secrets(env_var("STRIPE_WEBHOOK_SECRET")?.as_deref())
-            .map_err(|_| Failure::Usage("give --secret or set STRIPE_WEBHOOK_SECRET".into()))?
-            .swap_remove(0),
-    };
+    let secret = config::parse_webhook_secrets(env_var("STRIPE_WEBHOOK_SECRET")?.as_deref())
+        .map_err(|_| {
+            Failure::Usage(
+                "STRIPE_WEBHOOK_SECRET is not set: send signs with its first secret".into(),
+            )
+        })?
+        .swap_remove(0);
     let mut bodies = Vec::with_capacity(args.files.len());
     for path in &args.files {
         bodies.push((path, read_input(path)?));

@@ -1,5 +1,7 @@
 //! Settings the service runs with, validated once at start-up.
 
+use std::net::{IpAddr, SocketAddr};
+
 use crate::domain::AccountId;
 use crate::secret::Secret;
 
@@ -42,9 +44,42 @@ pub fn parse_platform_account(raw: &str) -> Result<AccountId, ConfigError> {
 
 /// `READ_API_TOKEN`: an empty value means unset.
 pub fn parse_read_token(raw: Option<&str>) -> Option<Secret> {
+    parse_token(raw)
+}
+
+/// `ENSURE_API_TOKEN`: an empty value means unset.
+pub fn parse_ensure_token(raw: Option<&str>) -> Option<Secret> {
+    parse_token(raw)
+}
+
+fn parse_token(raw: Option<&str>) -> Option<Secret> {
     raw.map(str::trim)
         .filter(|s| !s.is_empty())
         .map(Secret::new)
+}
+
+/// `serve` refuses to expose an open ensure: with a Stripe key, anyone who reaches a
+/// non-loopback address could create real Stripe customers. Checked on the configured
+/// address, before anything is bound or migrated.
+pub fn check_ensure_exposure(
+    listen_addr: SocketAddr,
+    stripe_key_set: bool,
+    ensure_token_set: bool,
+) -> Result<(), ConfigError> {
+    if !stripe_key_set || ensure_token_set || is_loopback(listen_addr.ip()) {
+        return Ok(());
+    }
+    Err(ConfigError(format!(
+        "ENSURE_API_TOKEN is not set and LISTEN_ADDR {listen_addr} is not a loopback address: \
+         POST /v1/customers/ensure would let anyone who reaches it create Stripe customers; \
+         set ENSURE_API_TOKEN (or listen on 127.0.0.1, or unset STRIPE_SECRET_KEY)"
+    )))
+}
+
+/// Loopback, including IPv4 loopback seen through an IPv4-mapped IPv6 address (what a
+/// dual-stack socket reports for a local IPv4 client).
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
 #[cfg(test)]
@@ -69,5 +104,36 @@ mod tests {
         assert!(parse_read_token(Some("")).is_none());
         assert!(parse_read_token(None).is_none());
         assert!(parse_read_token(Some("t")).is_some());
+        assert!(parse_ensure_token(Some(" ")).is_none());
+        assert!(parse_ensure_token(None).is_none());
+        assert!(parse_ensure_token(Some("t")).is_some());
+    }
+
+    #[test]
+    fn an_open_ensure_is_refused_beyond_loopback_when_a_stripe_key_is_set() {
+        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let any6: SocketAddr = "[::]:8080".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let local6: SocketAddr = "[::1]:8080".parse().unwrap();
+        for addr in [any, any6] {
+            let refused = check_ensure_exposure(addr, true, false).unwrap_err();
+            assert!(refused.0.contains("ENSURE_API_TOKEN"), "{refused}");
+            assert!(!refused.0.contains('\n'), "{refused}");
+            assert!(check_ensure_exposure(addr, true, true).is_ok());
+            assert!(check_ensure_exposure(addr, false, false).is_ok());
+        }
+        for addr in [local, local6] {
+            assert!(check_ensure_exposure(addr, true, false).is_ok());
+        }
+    }
+
+    #[test]
+    fn mapped_ipv4_loopback_is_loopback() {
+        for ip in ["127.0.0.1", "127.5.6.7", "::1", "::ffff:127.0.0.1"] {
+            assert!(is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["0.0.0.0", "10.0.0.1", "::", "::ffff:10.0.0.1", "fe80::1"] {
+            assert!(!is_loopback(ip.parse().unwrap()), "{ip}");
+        }
     }
 }

@@ -63,7 +63,9 @@ pub async fn deliver(
         Delivery::Ignored { event_id } => {
             span.record("event_id", event_id.as_str());
             tracing::info!("event ignored: not a customer.* event");
-            return Ok(Accepted::Ignored { event_id });
+            return Ok(Accepted::Ignored {
+                event_id: event_id.to_string(),
+            });
         }
         Delivery::Customer(event) => event,
     };

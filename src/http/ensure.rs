@@ -4,9 +4,11 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{Map, Value};
 
+use std::net::IpAddr;
+
 use super::customers::authorize;
 use super::webhook::{declared_length, read_limited};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, EnsureAccess};
 use crate::ensure::{EnsureRequest, InvalidEnsure};
 
 /// An ensure body is four short fields; anything near this size is not one.
@@ -17,7 +19,7 @@ pub(super) async fn ensure(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&request, state.read_token.as_ref())?;
+    authorize_ensure(&request, &state.ensure_access)?;
     let declared = declared_length(&request, MAX_BODY_BYTES)?;
     let _reserved = state
         .body_budget
@@ -31,6 +33,27 @@ pub(super) async fn ensure(
         StatusCode::OK
     };
     Ok(HttpResponse::build(status).json(ensured))
+}
+
+/// Ensure has its own token; without one, only loopback peers may call it.
+fn authorize_ensure(request: &HttpRequest, access: &EnsureAccess) -> Result<(), ApiError> {
+    match access {
+        EnsureAccess::Token(token) => authorize(request, Some(token)),
+        EnsureAccess::LoopbackOnly => {
+            let peer = request.peer_addr().map(|addr| addr.ip());
+            if loopback_peer(peer) {
+                Ok(())
+            } else {
+                Err(ApiError::Unauthorized)
+            }
+        }
+    }
+}
+
+/// Whether a peer may call an ensure that has no token. An unknown peer (no socket
+/// address) is refused: the rule fails closed.
+fn loopback_peer(peer: Option<IpAddr>) -> bool {
+    peer.is_some_and(crate::config::is_loopback)
 }
 
 /// Reads the JSON body field by field, so each mistake gets a message naming the field.
@@ -65,6 +88,25 @@ fn text<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_a_token_only_loopback_peers_may_ensure() {
+        for peer in ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"] {
+            assert!(loopback_peer(Some(peer.parse().unwrap())), "{peer}");
+        }
+        for peer in [
+            "10.0.0.7",
+            "192.168.1.2",
+            "0.0.0.0",
+            "::",
+            "fe80::1",
+            "::ffff:10.0.0.7",
+            "2001:db8::1",
+        ] {
+            assert!(!loopback_peer(Some(peer.parse().unwrap())), "{peer}");
+        }
+        assert!(!loopback_peer(None), "an unknown peer is refused");
+    }
 
     #[test]
     fn body_fields_are_typed() {

@@ -36,12 +36,33 @@ pub struct AppState {
     /// Checkout lookups go through here and share queries (see `lookup_batch`).
     pub lookups: LookupBatcher,
     pub webhook: WebhookConfig,
-    /// When set, `/v1/...` requests need `Authorization: Bearer <token>`.
+    /// When set, lookups need `Authorization: Bearer <token>`. It never grants ensure.
     pub read_token: Option<Secret>,
+    /// Who may call ensure, which creates real Stripe customers.
+    pub ensure_access: EnsureAccess,
     /// Checkout's get-or-create; one per process, so its single flight spans workers.
     pub ensure: Ensurer,
     /// Bytes of request bodies that may be in flight at once, across workers.
     pub body_budget: BodyBudget,
+}
+
+/// Who may call `POST /v1/customers/ensure`.
+#[derive(Debug, Clone)]
+pub enum EnsureAccess {
+    /// `Authorization: Bearer <token>` is required (`ENSURE_API_TOKEN`); the read token
+    /// does not grant it.
+    Token(Secret),
+    /// No token: only peers on a loopback address, whatever address the server is bound
+    /// to. `serve` refuses to bind beyond loopback like this with a Stripe key; this guards
+    /// embedders that build the state themselves.
+    LoopbackOnly,
+}
+
+impl EnsureAccess {
+    /// `ENSURE_API_TOKEN` when set, else loopback only.
+    pub fn from_token(token: Option<Secret>) -> Self {
+        token.map_or(Self::LoopbackOnly, Self::Token)
+    }
 }
 
 /// Server knobs that are not part of request handling.

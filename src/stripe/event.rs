@@ -17,7 +17,8 @@ pub enum Delivery {
     /// A `customer.*` event: logged and projected.
     Customer(CustomerEvent),
     /// Any other event (including thin `v2.core.event` notifications): acknowledged only.
-    Ignored { event_id: String },
+    /// Its id is echoed and logged, so it is validated like a stored one.
+    Ignored { event_id: EventId },
 }
 
 /// A `customer.*` event, ready to append.
@@ -111,12 +112,10 @@ pub fn parse(body: &[u8], platform: &AccountId) -> Result<Delivery, PayloadError
         serde_json::from_str(text).map_err(|e| PayloadError::NotJson(e.to_string()))?;
     let id = string_field(envelope.id.as_ref(), "id")?;
     let event_type = string_field(envelope.event_type.as_ref(), "type")?;
-    if !event_type.starts_with("customer.") {
-        return Ok(Delivery::Ignored {
-            event_id: id.to_owned(),
-        });
-    }
     let id = EventId::parse(id)?;
+    if !event_type.starts_with("customer.") {
+        return Ok(Delivery::Ignored { event_id: id });
+    }
     // Stored in a text column: PostgreSQL refuses NUL, and no Stripe type holds a control
     // character. Refused here, it is a 400 rather than a 503 retried for three days.
     if event_type.chars().any(char::is_control) {
@@ -244,10 +243,28 @@ mod tests {
         let thin = json!({"id": "evt_thin", "object": "v2.core.event", "type": "v1.customer.updated",
                           "created": "2024-11-01T12:34:56.789Z", "context": "acct_1"});
         assert!(
-            matches!(parse_value(thin), Ok(Delivery::Ignored { event_id }) if event_id == "evt_thin")
+            matches!(parse_value(thin), Ok(Delivery::Ignored { event_id }) if event_id.as_str() == "evt_thin")
         );
         let cash = json!({"id": "evt_2", "type": "customer_cash_balance_transaction.created"});
         assert!(matches!(parse_value(cash), Ok(Delivery::Ignored { .. })));
+    }
+
+    #[test]
+    fn ignored_events_need_a_valid_id_too() {
+        for id in [
+            String::new(),
+            "e".repeat(256),
+            "evt_\u{0}x".into(),
+            "evt_\nx".into(),
+        ] {
+            let other = json!({"id": id, "type": "invoice.paid"});
+            assert!(
+                matches!(parse_value(other), Err(PayloadError::Invalid(_))),
+                "{id:?}"
+            );
+        }
+        let longest = json!({"id": "e".repeat(255), "type": "invoice.paid"});
+        assert!(matches!(parse_value(longest), Ok(Delivery::Ignored { .. })));
     }
 
     #[test]

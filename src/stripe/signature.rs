@@ -34,6 +34,14 @@ pub struct SignatureHeader<'a> {
     v1: Vec<[u8; 32]>,
 }
 
+/// Stripe sends one `v1` per active endpoint secret, a handful at most. Each one costs an
+/// HMAC comparison per configured secret, so a header may not carry more than this.
+pub const MAX_V1_SIGNATURES: usize = 16;
+
+/// A real header is `t`, a few `v1` and perhaps a `v0`: well under a kilobyte. Anything
+/// longer is not Stripe's, and is refused before it is split.
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+
 impl<'a> SignatureHeader<'a> {
     /// Checks the header's syntax only.
     pub fn parse(header: &'a [u8]) -> Result<Self, SignatureError> {
@@ -71,11 +79,16 @@ impl<'a> SignatureHeader<'a> {
 }
 
 fn parse_header(header: &[u8]) -> Result<SignatureHeader<'_>, SignatureError> {
+    if header.len() > MAX_HEADER_BYTES {
+        return Err(SignatureError::Malformed(
+            "header is longer than 8192 bytes",
+        ));
+    }
     let text = std::str::from_utf8(header)
         .map_err(|_| SignatureError::Malformed("header is not valid UTF-8"))?;
     let mut timestamp: Option<(&str, i64)> = None;
     let mut v1 = Vec::new();
-    let mut saw_v1 = false;
+    let mut v1_items = 0usize;
     for item in text.split(',') {
         let item = item.trim_matches(|c: char| c.is_ascii_whitespace());
         let (key, value) = item
@@ -89,7 +102,10 @@ fn parse_header(header: &[u8]) -> Result<SignatureHeader<'_>, SignatureError> {
                 timestamp = Some((value, parse_timestamp(value)?));
             }
             "v1" => {
-                saw_v1 = true;
+                v1_items += 1;
+                if v1_items > MAX_V1_SIGNATURES {
+                    return Err(SignatureError::Malformed("more than 16 v1 signatures"));
+                }
                 if let Some(mac) = decode_v1(value) {
                     v1.push(mac);
                 }
@@ -98,7 +114,7 @@ fn parse_header(header: &[u8]) -> Result<SignatureHeader<'_>, SignatureError> {
         }
     }
     let (timestamp_text, timestamp) = timestamp.ok_or(SignatureError::Malformed("no t"))?;
-    if !saw_v1 {
+    if v1_items == 0 {
         return Err(SignatureError::Malformed("no v1"));
     }
     Ok(SignatureHeader {
@@ -273,6 +289,42 @@ mod tests {
                 "v1={v1:?}"
             );
         }
+    }
+
+    #[test]
+    fn at_most_16_v1_signatures_whether_or_not_they_decode() {
+        let others = |n: usize, value: &str| format!(",v1={value}").repeat(n);
+        let sixteen = format!("t={KAT_T},v1={KAT_V1}{}", others(15, &"0".repeat(64)));
+        assert_eq!(verify_kat(&sixteen), Ok(KAT_T));
+        for filler in ["0".repeat(64), "x".to_owned(), String::new()] {
+            let seventeen = format!("t={KAT_T},v1={KAT_V1}{}", others(16, &filler));
+            assert_eq!(
+                verify_kat(&seventeen),
+                Err(SignatureError::Malformed("more than 16 v1 signatures")),
+                "filler {filler:?}"
+            );
+        }
+        // Other schemes do not count: Stripe may add them.
+        let with_v0 = format!("t={KAT_T},v1={KAT_V1}{}", others(15, KAT_V1)) + &",v0=1".repeat(20);
+        assert_eq!(verify_kat(&with_v0), Ok(KAT_T));
+    }
+
+    #[test]
+    fn a_header_longer_than_8_kib_is_malformed() {
+        let header = format!("t={KAT_T},v1={KAT_V1},");
+        let fits = format!(
+            "{header}x={}",
+            "a".repeat(MAX_HEADER_BYTES - header.len() - 2)
+        );
+        assert_eq!(fits.len(), MAX_HEADER_BYTES);
+        assert_eq!(verify_kat(&fits), Ok(KAT_T));
+        let over = format!("{fits}a");
+        assert_eq!(
+            verify_kat(&over),
+            Err(SignatureError::Malformed(
+                "header is longer than 8192 bytes"
+            ))
+        );
     }
 
     #[test]

@@ -218,7 +218,8 @@ async fn send_signs_like_stripe_and_exits_1_on_any_refusal(backend: Backend) {
     );
     let send = |secret: &str| {
         command(&app.db.url)
-            .args(["send", fixture, fixture, "--url", &url, "--secret", secret])
+            .args(["send", fixture, fixture, "--url", &url])
+            .env("STRIPE_WEBHOOK_SECRET", format!("{secret},whsec_second"))
             .output()
             .unwrap()
     };
@@ -247,20 +248,53 @@ fn send_usage_errors_exit_2() {
         &run("sqlite::memory:", &["send", fixture]),
         "STRIPE_WEBHOOK_SECRET",
     );
+    let with_secret = |args: &[&str]| {
+        command("sqlite::memory:")
+            .args(args)
+            .env("STRIPE_WEBHOOK_SECRET", "whsec_s")
+            .output()
+            .unwrap()
+    };
     assert_usage_error(
-        &run(
-            "sqlite::memory:",
-            &["send", fixture, "--secret", "s", "--url", "ftp://x"],
-        ),
+        &with_secret(&["send", fixture, "--url", "ftp://x"]),
         "--url",
     );
-    assert_usage_error(
-        &run(
-            "sqlite::memory:",
-            &["send", "/no/such.json", "--secret", "s"],
-        ),
-        "/no/such.json",
+    assert_usage_error(&with_secret(&["send", "/no/such.json"]), "/no/such.json");
+}
+
+/// A secret on the command line shows in `ps`: the old `--secret` flag is refused with
+/// one line that says what to set instead, and never echoes the value.
+#[test]
+fn send_refuses_a_secret_on_the_command_line() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/redelivery/customer_created.json"
     );
+    for env_secret in [None, Some("whsec_from_env")] {
+        let mut command = command("sqlite::memory:");
+        command.args([
+            "send",
+            fixture,
+            "--secret",
+            "whsec_on_the_command_line",
+            "--url",
+            "http://127.0.0.1:9/webhooks/stripe",
+        ]);
+        if let Some(secret) = env_secret {
+            command.env("STRIPE_WEBHOOK_SECRET", secret);
+        }
+        let output = command.output().unwrap();
+        assert_usage_error(&output, "STRIPE_WEBHOOK_SECRET");
+        let text = stderr(&output);
+        assert!(text.contains("--secret"), "{text}");
+        assert!(!text.contains("whsec_on_the_command_line"), "{text}");
+        assert!(output.stdout.is_empty());
+    }
+    let help = command("sqlite::memory:")
+        .args(["send", "--help"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("--secret"));
 }
 
 on_both_backends!(

@@ -12,7 +12,7 @@ use stripe_projector::stripe::event::{self, Delivery};
 
 use crate::fake_stripe::{Behavior, FakeStripe, LIVE_KEY, TEST_KEY};
 use crate::helpers::{into_json, AppConfig, Backend, TestApp, TestDb, PLATFORM};
-use crate::process::command;
+use crate::process::{command, serve_command, Served};
 
 const A: &str = "acct_1OrganizerAaaaaaa";
 const B: &str = "acct_1OrganizerBbbbbbb";
@@ -572,38 +572,199 @@ async fn invalid_bodies_are_400_invalid_request(backend: Backend) {
     assert!(fake.requests().is_empty());
 }
 
-async fn read_token_is_required_when_configured(backend: Backend) {
+const READ_TOKEN: &str = "read-token-for-lookups";
+const ENSURE_TOKEN: &str = "ensure-token-for-checkout";
+
+/// With `ENSURE_API_TOKEN` set, ensure needs exactly it: no token, a wrong one and the
+/// read token are all 401 before Stripe is asked; lookups do not take the ensure token.
+async fn ensure_token_is_required_and_is_not_the_read_token(backend: Backend) {
     let fake = FakeStripe::start().await;
     let config = AppConfig {
-        read_token: Some("s3cret-token".into()),
+        read_token: Some(READ_TOKEN.into()),
+        ensure_token: Some(ENSURE_TOKEN.into()),
         stripe_api: Some(fake.config(TEST_KEY)),
         ..AppConfig::default()
     };
     let app = TestApp::spawn_with(backend, config).await;
     let url = format!("{}/v1/customers/ensure", app.base);
     let body = json!({"account": A, "email": ADA}).to_string();
+    let post = |token: Option<&'static str>| {
+        let mut request = app.client.post(&url).body(body.clone());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.expect("ensure request") }
+    };
 
-    let without = app
+    for token in [None, Some("ensure-token-for-checkout2"), Some(READ_TOKEN)] {
+        let refused = post(token).await;
+        assert_eq!(
+            refused
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap()),
+            Some("Bearer"),
+            "{token:?}"
+        );
+        assert_eq!(
+            into_json(refused).await,
+            (StatusCode::UNAUTHORIZED, json!({"error": "unauthorized"})),
+            "{token:?}"
+        );
+    }
+    assert!(fake.requests().is_empty());
+    let (status, created) = into_json(post(Some(ENSURE_TOKEN)).await).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+
+    let lookup = format!(
+        "{}/v1/customers?account={A}&email={}&livemode=false",
+        app.base,
+        crate::helpers::encode(ADA)
+    );
+    let with_ensure_token = app
         .client
-        .post(&url)
-        .body(body.clone())
+        .get(&lookup)
+        .bearer_auth(ENSURE_TOKEN)
         .send()
         .await
         .unwrap();
+    assert_eq!(with_ensure_token.status(), StatusCode::UNAUTHORIZED);
+    let (status, found) = into_json(
+        app.client
+            .get(&lookup)
+            .bearer_auth(READ_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    assert_eq!(found["customer_id"], created["customer_id"]);
+}
+
+/// Without `ENSURE_API_TOKEN`, the read token does not guard ensure either: the suite's
+/// client is on loopback, where an untokened ensure is open.
+async fn without_an_ensure_token_a_loopback_client_needs_none(backend: Backend) {
+    let fake = FakeStripe::start().await;
+    let config = AppConfig {
+        read_token: Some(READ_TOKEN.into()),
+        stripe_api: Some(fake.config(TEST_KEY)),
+        ..AppConfig::default()
+    };
+    let app = TestApp::spawn_with(backend, config).await;
+
+    let (status, body) = ensure(&app, &json!({"account": A, "email": ADA})).await;
+
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+/// Waits, at most `bound`, for a child to exit by itself; kills it otherwise.
+fn exit_within(
+    child: &mut std::process::Child,
+    bound: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + bound;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The tables in a test database, without creating it (an SQLite file that does not
+/// exist has none).
+async fn tables(db: &TestDb, backend: Backend) -> Vec<String> {
+    match backend {
+        Backend::Sqlite => {
+            let path = db.url.strip_prefix("sqlite:").unwrap();
+            if !std::path::Path::new(path).exists() {
+                return Vec::new();
+            }
+            db.fetch_strings("SELECT name FROM sqlite_master WHERE type = 'table'")
+                .await
+        }
+        Backend::Postgres => {
+            db.fetch_strings(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = 'public'",
+            )
+            .await
+        }
+    }
+}
+
+/// The real binary: bound beyond loopback with a Stripe key and no ensure token, `serve`
+/// refuses to start (exit 2, one line naming the fix, no secret) before it binds or
+/// migrates; with the token it starts and ensure takes exactly that token.
+async fn serve_beyond_loopback_with_a_stripe_key_needs_an_ensure_token(backend: Backend) {
+    use std::io::Read;
+    use std::process::Stdio;
+
+    let fake = FakeStripe::start().await;
+    let db = TestDb::create(backend).await;
+    let exposed = |command: &mut std::process::Command| {
+        command
+            .env("LISTEN_ADDR", "0.0.0.0:0")
+            .env("STRIPE_SECRET_KEY", TEST_KEY)
+            .env("STRIPE_API_BASE", &fake.base);
+    };
+
+    let mut refused = serve_command(&db.url);
+    exposed(&mut refused);
+    let mut child = refused
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let exit = tokio::task::block_in_place(|| exit_within(&mut child, Duration::from_secs(30)));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert_eq!(
-        into_json(without).await,
-        (StatusCode::UNAUTHORIZED, json!({"error": "unauthorized"}))
+        exit.and_then(|e| e.code()),
+        Some(2),
+        "still serving? {stderr}"
     );
-    assert!(fake.requests().is_empty());
-    let with = app
-        .client
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains("ENSURE_API_TOKEN"),
+        "{stderr}"
+    );
+    for secret in [TEST_KEY, crate::helpers::SECRET] {
+        assert!(!stderr.contains(secret), "{stderr}");
+    }
+    assert_eq!(tables(&db, backend).await, Vec::<String>::new(), "migrated");
+
+    let mut with_token = serve_command(&db.url);
+    exposed(&mut with_token);
+    with_token.env("ENSURE_API_TOKEN", ENSURE_TOKEN);
+    let served = tokio::task::block_in_place(|| Served::spawn(with_token));
+    let port = served.addr().rsplit_once(':').unwrap().1.to_owned();
+    let url = format!("http://127.0.0.1:{port}/v1/customers/ensure");
+    let client = reqwest::Client::new();
+    let body = json!({"account": A, "email": ADA}).to_string();
+    let without = client.post(&url).body(body.clone()).send().await.unwrap();
+    assert_eq!(without.status(), StatusCode::UNAUTHORIZED);
+    let with = client
         .post(&url)
-        .bearer_auth("s3cret-token")
+        .bearer_auth(ENSURE_TOKEN)
         .body(body)
         .send()
         .await
         .unwrap();
     assert_eq!(with.status(), StatusCode::CREATED);
+    assert_eq!(fake.requests().len(), 1);
 }
 
 /// The command: the same body on stdout; 2 for a person's mistake, 1 when Stripe fails,
@@ -714,6 +875,8 @@ on_both_backends!(
     livemode_must_match_the_keys_mode_and_defaults_to_it,
     without_a_stripe_key_ensure_is_503_ensure_disabled,
     invalid_bodies_are_400_invalid_request,
-    read_token_is_required_when_configured,
+    ensure_token_is_required_and_is_not_the_read_token,
+    without_an_ensure_token_a_loopback_client_needs_none,
+    serve_beyond_loopback_with_a_stripe_key_needs_an_ensure_token,
     ensure_command_prints_the_body_and_exits_by_outcome,
 );

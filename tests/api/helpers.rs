@@ -11,7 +11,7 @@ use stripe_projector::config::WebhookConfig;
 use stripe_projector::domain::AccountId;
 use stripe_projector::ensure::Ensurer;
 use stripe_projector::group_commit::GroupCommitter;
-use stripe_projector::http::{self, AppState, BodyBudget, ServerOptions};
+use stripe_projector::http::{self, AppState, BodyBudget, EnsureAccess, ServerOptions};
 use stripe_projector::lookup_batch::LookupBatcher;
 use stripe_projector::secret::Secret;
 use stripe_projector::store::{DatabaseUrl, Store};
@@ -275,6 +275,9 @@ pub struct AppConfig {
     pub tolerance_secs: u64,
     pub max_body_bytes: usize,
     pub read_token: Option<String>,
+    /// `ENSURE_API_TOKEN`; `None`: ensure answers loopback peers only (the suite's client is
+    /// one).
+    pub ensure_token: Option<String>,
     /// How `ensure` reaches Stripe (a fake, in tests); `None`: ensure is disabled.
     pub stripe_api: Option<StripeApiConfig>,
     /// How long a client may take to send a request head, then its body.
@@ -290,6 +293,7 @@ impl Default for AppConfig {
             tolerance_secs: 300,
             max_body_bytes: 1_048_576,
             read_token: None,
+            ensure_token: None,
             stripe_api: None,
             client_timeout: ServerOptions::default().client_timeout,
             max_body_bytes_in_flight: 64 * 1_048_576,
@@ -328,6 +332,7 @@ impl TestApp {
                 max_body_bytes: config.max_body_bytes,
             },
             read_token: config.read_token.map(Secret::new),
+            ensure_access: EnsureAccess::from_token(config.ensure_token.map(Secret::new)),
             ensure: Ensurer::new(stripe, platform),
             body_budget: BodyBudget::new(config.max_body_bytes_in_flight),
         };

@@ -18,6 +18,7 @@ pub fn command(database_url: &str) -> Command {
         "LISTEN_ADDR",
         "PLATFORM_ACCOUNT_ID",
         "READ_API_TOKEN",
+        "ENSURE_API_TOKEN",
         "MAX_BODY_BYTES",
         "STRIPE_SECRET_KEY",
         "STRIPE_API_BASE",

@@ -1,6 +1,6 @@
 //! Secrets and personal data in logs: at the default level and in the default text
 //! format, nothing a request carried that is private reaches the log: no webhook secret,
-//! no read token (right or wrong), no body, no email or name, whether the request was
+//! no read or ensure token (right or wrong), no body, no email or name, whether the request was
 //! accepted or rejected. (`ops.rs` checks the JSON format.)
 
 use std::process::Stdio;
@@ -15,6 +15,7 @@ use crate::process::{serve_command, Served};
 const OTHER_SECRET: &str = "whsec_text_logs_second_secret";
 const READ_TOKEN: &str = "read_token_text_logs";
 const WRONG_TOKEN: &str = "wrong_token_text_logs";
+const ENSURE_TOKEN: &str = "ensure_token_text_logs";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_logs_at_the_default_level_hold_no_secret_token_body_or_email() {
@@ -25,6 +26,7 @@ async fn text_logs_at_the_default_level_hold_no_secret_token_body_or_email() {
     command
         .env("STRIPE_WEBHOOK_SECRET", format!("{OTHER_SECRET},{SECRET}"))
         .env("READ_API_TOKEN", READ_TOKEN)
+        .env("ENSURE_API_TOKEN", ENSURE_TOKEN)
         .env("MAX_BODY_BYTES", "4096")
         .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()));
     let mut served = Served::spawn(command);
@@ -97,6 +99,23 @@ async fn text_logs_at_the_default_level_hold_no_secret_token_body_or_email() {
         assert_eq!(request.send().await.unwrap().status(), expected);
     }
 
+    // No Stripe key: the right ensure token reaches ensure and gets 503 ensure_disabled.
+    let ensure_url = format!("{}/v1/customers/ensure", served.base);
+    let ensure_body = json!({"account": "acct_text", "email": "Hidden.Buyer@Example.org"});
+    for (token, expected) in [
+        (ENSURE_TOKEN, StatusCode::SERVICE_UNAVAILABLE),
+        (READ_TOKEN, StatusCode::UNAUTHORIZED),
+    ] {
+        let response = client
+            .post(&ensure_url)
+            .bearer_auth(token)
+            .body(ensure_body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected);
+    }
+
     served.terminate();
     let exit = served.wait_exit(Duration::from_secs(60)).expect("exits");
     assert_eq!(exit.code(), Some(0));
@@ -106,7 +125,7 @@ async fn text_logs_at_the_default_level_hold_no_secret_token_body_or_email() {
         "the log is not what this test expects to search: {text}"
     );
     let lower = text.to_lowercase();
-    for private in [SECRET, OTHER_SECRET, READ_TOKEN, WRONG_TOKEN] {
+    for private in [SECRET, OTHER_SECRET, READ_TOKEN, WRONG_TOKEN, ENSURE_TOKEN] {
         assert!(!text.contains(private), "a secret is logged: {text}");
     }
     for private in [

@@ -120,6 +120,37 @@ async fn verified_events_of_other_types_are_acknowledged_and_not_stored(backend:
     assert_eq!(app.store.status().await.unwrap().events, 0);
 }
 
+/// An ignored event's id is echoed and logged: it is held to the same rules as a stored
+/// one (non-empty, at most 255 bytes, no control character).
+async fn ignored_events_with_an_invalid_id_are_invalid_payload(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+
+    for id in [
+        String::new(),
+        "e".repeat(256),
+        "evt_\u{1}x".into(),
+        "evt_\nx".into(),
+    ] {
+        let (status, answer) = app
+            .deliver_json(&json!({"id": id, "object": "event", "type": "invoice.paid"}))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{id:?}");
+        assert_eq!(answer["error"], "invalid_payload", "{id:?}");
+    }
+    let longest = "e".repeat(255);
+    let (status, answer) = app
+        .deliver_json(&json!({"id": longest, "object": "event", "type": "invoice.paid"}))
+        .await;
+    assert_eq!(
+        (status, answer),
+        (
+            StatusCode::OK,
+            json!({"status": "ignored", "event_id": longest})
+        )
+    );
+    assert_eq!(app.store.status().await.unwrap().events, 0);
+}
+
 async fn missing_signature_is_400(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (status, body) = app
@@ -146,6 +177,30 @@ async fn unparsable_header_or_missing_t_or_v1_is_malformed(backend: Backend) {
         assert_eq!(answer["error"], "malformed_signature", "{header}");
     }
     assert_eq!(app.store.status().await.unwrap().events, 0);
+}
+
+/// Stripe sends one `v1` per active secret: more than 16, or a header over 8 KiB, is
+/// malformed even when one of them matches.
+async fn too_many_v1_signatures_or_a_huge_header_is_malformed(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let body = fixture("redelivery/customer_created.json");
+    let valid = sign(SECRET, now(), &body);
+    let filler = |n: usize| format!(",v1={}", "0".repeat(64)).repeat(n);
+    let huge = format!("{valid},x={}", "a".repeat(8 * 1024));
+
+    for header in [format!("{valid}{}", filler(16)), huge] {
+        let (status, answer) = app.post_webhook(&body, Some(&header)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{} bytes", header.len());
+        assert_eq!(answer["error"], "malformed_signature");
+    }
+    assert_eq!(app.store.status().await.unwrap().events, 0);
+    let (status, answer) = app
+        .post_webhook(&body, Some(&format!("{valid}{}", filler(15))))
+        .await;
+    assert_eq!(
+        (status, &answer["status"]),
+        (StatusCode::OK, &json!("stored"))
+    );
 }
 
 async fn stale_or_future_timestamp_is_out_of_tolerance(backend: Backend) {
@@ -411,8 +466,10 @@ on_both_backends!(
     redelivery_is_stored_once_and_answered_duplicate,
     concurrent_deliveries_of_one_event_store_it_once,
     verified_events_of_other_types_are_acknowledged_and_not_stored,
+    ignored_events_with_an_invalid_id_are_invalid_payload,
     missing_signature_is_400,
     unparsable_header_or_missing_t_or_v1_is_malformed,
+    too_many_v1_signatures_or_a_huge_header_is_malformed,
     stale_or_future_timestamp_is_out_of_tolerance,
     wrong_signature_is_a_mismatch_whatever_its_timestamp,
     any_configured_secret_and_any_v1_may_match,
