@@ -94,9 +94,23 @@ mod tests {
     }
 
     #[test]
-    fn no_secret_is_an_error_that_does_not_echo_input() {
-        assert!(parse_webhook_secrets(None).is_err());
-        assert!(parse_webhook_secrets(Some(" , ")).is_err());
+    fn no_secret_is_an_error_that_names_the_setting_and_does_not_echo_input() {
+        for raw in [None, Some(" , "), Some(" \t,\u{a0}, ")] {
+            let error = parse_webhook_secrets(raw).unwrap_err().to_string();
+            assert!(
+                error.starts_with("STRIPE_WEBHOOK_SECRET is not set"),
+                "{error}"
+            );
+            if let Some(raw) = raw {
+                assert!(!error.contains(raw), "{error}");
+            }
+        }
+        // A platform id that cannot be an account is named, its value is not.
+        let error = parse_platform_account("acct\nsecret-looking-value")
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("PLATFORM_ACCOUNT_ID"), "{error}");
+        assert!(!error.contains("secret-looking-value"), "{error}");
     }
 
     #[test]

@@ -218,20 +218,35 @@ impl Drop for TestDb {
             return;
         };
         // Drop runs inside the test's runtime: do the async cleanup on a thread of its own.
-        let cleanup = std::thread::spawn(move || {
+        let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        let dropped = std::thread::spawn(move || -> Result<(), String> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .unwrap();
+                .map_err(|e| e.to_string())?;
             runtime.block_on(async {
-                let mut conn = connect_admin(&admin).await;
-                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 sqlx::Executor::execute(&mut conn, sql.as_str())
                     .await
-                    .expect("DROP DATABASE");
-            });
-        });
-        let _ = cleanup.join();
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the cleanup thread panicked".to_owned()));
+        // A database left behind is a leak on a shared server: fail the test that left it,
+        // unless it is failing already (a second panic while unwinding would abort).
+        if let Err(cause) = dropped {
+            let message = format!("test database {name} was not dropped: {cause}");
+            if std::thread::panicking() {
+                eprintln!("{message}");
+            } else {
+                panic!("{message}");
+            }
+        }
     }
 }
 
