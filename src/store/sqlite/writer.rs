@@ -423,11 +423,18 @@ mod tests {
     use crate::stripe::event::{self, Delivery};
 
     fn event(id: &str, customer: &str) -> (CustomerEvent, Effect) {
-        let body = serde_json::json!({
+        parsed(&body(id, customer))
+    }
+
+    fn body(id: &str, customer: &str) -> serde_json::Value {
+        serde_json::json!({
             "id": id, "type": "customer.created", "created": 1_700_000_000, "livemode": false,
             "data": {"object": {"object": "customer", "id": customer, "email": "a@example.com",
                                 "created": 1_700_000_000}},
-        });
+        })
+    }
+
+    fn parsed(body: &serde_json::Value) -> (CustomerEvent, Effect) {
         let platform = AccountId::parse("platform").unwrap();
         let Ok(Delivery::Customer(event)) = event::parse(body.to_string().as_bytes(), &platform)
         else {
@@ -435,6 +442,13 @@ mod tests {
         };
         let effect = crate::projection::effect_of(&event);
         (event, effect)
+    }
+
+    /// A customer event carrying 96 KiB, so that a few hundred fill a small disk.
+    fn padded_event(id: &str, customer: &str) -> (CustomerEvent, Effect) {
+        let mut body = body(id, customer);
+        body["data"]["object"]["padding"] = "x".repeat(96 << 10).into();
+        parsed(&body)
     }
 
     fn job(events: Vec<(CustomerEvent, Effect)>, source: Source) -> Job {
@@ -506,37 +520,123 @@ mod tests {
         assert!(failure.get().is_some());
     }
 
-    /// Once a flush has failed, appends are refused before they are written and readiness
-    /// fails, so an orchestrator restarts the service.
+    /// An ext4 file system on a loop device whose backing file, on a tmpfs, is far larger
+    /// than the tmpfs: writes land in the page cache, and their write-back fails (the
+    /// disk under the file system is full). Torn down when dropped, a panic included.
+    /// (`tests/api/disk_full.rs` has the commented version; this is the same recipe.)
+    struct FailingDisk {
+        backing: tempfile::TempDir,
+        mount: tempfile::TempDir,
+        device: Option<String>,
+        mounted: Vec<PathBuf>,
+    }
+
+    fn run(program: &str, args: &[&str]) -> Result<String, String> {
+        let output = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run {program}: {e}"))?;
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_owned();
+        match output.status.success() {
+            true => Ok(text(&output.stdout)),
+            false => Err(format!(
+                "`{program} {}`: {}",
+                args.join(" "),
+                text(&output.stderr)
+            )),
+        }
+    }
+
+    impl FailingDisk {
+        /// Panics (the test fails, it does not skip) when the machine does not let it
+        /// mount or attach a loop device: the test needs root.
+        fn new() -> Self {
+            let mut disk = Self {
+                backing: tempfile::tempdir().unwrap(),
+                mount: tempfile::tempdir().unwrap(),
+                device: None,
+                mounted: Vec::new(),
+            };
+            let backing = disk.backing.path().to_str().unwrap().to_owned();
+            let mount = disk.mount.path().to_str().unwrap().to_owned();
+            let must = |result: Result<String, String>| {
+                result.unwrap_or_else(|e| panic!("setting up a failing disk (needs root): {e}"))
+            };
+            must(run(
+                "mount",
+                &["-t", "tmpfs", "-o", "size=12m", "tmpfs", &backing],
+            ));
+            disk.mounted.push(disk.backing.path().to_owned());
+            let image = format!("{backing}/disk.img");
+            must(run("truncate", &["-s", "256M", &image]));
+            let device = must(run("losetup", &["--find", "--show", &image]));
+            disk.device = Some(device.clone());
+            let init = "lazy_itable_init=1,lazy_journal_init=1";
+            must(run("mkfs.ext4", &["-q", "-E", init, &device]));
+            must(run("mount", &["-t", "ext4", &device, &mount]));
+            disk.mounted.push(disk.mount.path().to_owned());
+            disk
+        }
+    }
+
+    impl Drop for FailingDisk {
+        fn drop(&mut self) {
+            // The ext4 mount first, then the loop device (detaching one still in use
+            // frees it once unused), then the tmpfs; a busy mount is detached lazily.
+            let mut mounted = std::mem::take(&mut self.mounted);
+            let ext4 = mounted.pop();
+            let unmount = |point: PathBuf| {
+                let point = point.to_str().unwrap().to_owned();
+                if run("umount", &[&point]).is_err() {
+                    let _ = run("umount", &["--lazy", &point]);
+                }
+            };
+            ext4.into_iter().for_each(unmount);
+            if let Some(device) = self.device.take() {
+                let _ = run("losetup", &["--detach", &device]);
+            }
+            mounted.into_iter().for_each(unmount);
+        }
+    }
+
+    /// Once the disk has failed under the log, appends are refused before they are
+    /// written and readiness fails, so an orchestrator restarts the service.
     #[tokio::test]
     async fn after_a_failed_flush_appends_and_readiness_fail() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}", dir.path().join("writer.db").display());
+        let disk = FailingDisk::new();
+        let url = format!("sqlite:{}", disk.mount.path().join("writer.db").display());
         let store = Store::connect(&DatabaseUrl::parse(&url).unwrap())
             .await
             .unwrap();
         store.migrate().await.unwrap();
-        let (event, effect) = event("evt_a", "cus_a");
         store.ping().await.unwrap();
-        let Store::Sqlite(sqlite) = &store else {
-            unreachable!("a sqlite: URL")
-        };
-        sqlite
-            .appender
-            .disk_failure
-            .set("I/O error".to_owned())
-            .unwrap();
+        // Padded events until the disk fails (far fewer than this fit on it).
+        let mut failed = None;
+        for n in 0..1_000 {
+            let (event, effect) = padded_event(&format!("evt_{n}"), &format!("cus_{n}"));
+            if let Err(error) = store.append(&event, &effect, Source::Webhook).await {
+                failed = Some(error);
+                break;
+            }
+        }
+        assert!(failed.is_some(), "the disk never failed");
 
+        let (event, effect) = event("evt_after", "cus_after");
         let appended = store.append(&event, &effect, Source::Webhook).await;
         let ready = store.ping().await;
 
         assert_flush_failed(&appended);
         assert_flush_failed(&ready);
-        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        let Store::Sqlite(sqlite) = &store else {
+            unreachable!("a sqlite: URL")
+        };
+        let written: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_id = ?")
+            .bind("evt_after")
             .fetch_one(&sqlite.reader)
             .await
             .unwrap();
-        assert_eq!(events, 0);
+        assert_eq!(written, 0);
+        drop(store);
     }
 
     /// Several callers' appends in one transaction: each row keeps its own caller's
