@@ -63,10 +63,11 @@ pub enum StoreError {
     /// Another event's failure, shared by everything committed with it.
     #[error("the transaction holding this event failed")]
     BatchFailed,
-    /// SQLite: a flush of the write-ahead log failed, so what it held may not be on disk;
-    /// every later append is refused too (see `writer.rs`).
-    #[error("the write-ahead log could not be flushed ({0}); appends are refused until the service restarts")]
-    LogFlushFailed(String),
+    /// SQLite: the disk failed under the write-ahead log (a flush, or a write or checkpoint
+    /// with an I/O error), so what it held may not be on disk; every later append is
+    /// refused too (see `writer.rs`).
+    #[error("the disk failed under the write-ahead log ({0}); appends are refused until the service restarts")]
+    DiskFailed(String),
 }
 
 /// Where an event in the log came from.

@@ -50,8 +50,35 @@ struct Job {
 #[derive(Debug, Clone)]
 pub(in crate::store) struct Appender {
     jobs: mpsc::Sender<Job>,
-    /// Why a flush failed, once one has (see [`flush_each`]).
-    flush_failure: Arc<OnceLock<String>>,
+    /// Why the disk failed, once it has (see [`flush_each`]).
+    disk_failure: Arc<DiskFailure>,
+}
+
+/// The first cause of the disk's failure under the log: a failed flush, or an I/O error
+/// while writing or checkpointing. Set once, never cleared: appends are refused from then
+/// on, and readiness fails, until the service is restarted.
+type DiskFailure = OnceLock<String>;
+
+/// Records that the disk failed `during` a step (the first cause is kept, and logged
+/// once); returns the cause kept.
+fn disk_failed(failure: &DiskFailure, during: &str, error: &dyn std::fmt::Display) -> String {
+    failure
+        .get_or_init(|| {
+            tracing::error!(%error, "{during} failed: appends are refused until the service restarts");
+            format!("{during}: {error}")
+        })
+        .clone()
+}
+
+/// An I/O error: the disk failed under SQLite (it may have failed a write-back whose error
+/// the next `fsync` no longer reports), as opposed to a full disk, which refuses a write
+/// before taking it, or a busy database.
+fn io_failure(error: &rusqlite::Error) -> bool {
+    matches!(
+        error,
+        rusqlite::Error::SqliteFailure(failure, _)
+            if failure.code == rusqlite::ErrorCode::SystemIoFailure
+    )
 }
 
 impl Appender {
@@ -64,26 +91,27 @@ impl Appender {
         let (checkpoints, due) = std_mpsc::sync_channel(1);
         let (flushes, committed) = std_mpsc::channel();
         let (jobs, queue) = mpsc::channel(QUEUE);
-        let flush_failure = Arc::new(OnceLock::new());
-        let failure = flush_failure.clone();
+        let disk_failure = Arc::new(DiskFailure::new());
+        let failure = disk_failure.clone();
         spawn_thread("sqlite-checkpoint", move || {
-            checkpoint_each(checkpointer, due)
+            checkpoint_each(checkpointer, due, &failure)
         })?;
+        let failure = disk_failure.clone();
         spawn_thread("sqlite-flush", move || {
             flush_each(&wal, committed, checkpoints, &failure)
         })?;
-        spawn_thread("sqlite-writer", move || write_each(writer, queue, flushes))?;
-        Ok(Self {
-            jobs,
-            flush_failure,
-        })
+        let failure = disk_failure.clone();
+        spawn_thread("sqlite-writer", move || {
+            write_each(writer, queue, flushes, &failure)
+        })?;
+        Ok(Self { jobs, disk_failure })
     }
 
-    /// Fails once a flush has failed: appends are refused from then on, and readiness
+    /// Fails once the disk has failed: appends are refused from then on, and readiness
     /// says so, until a restart.
     pub(in crate::store) fn check(&self) -> Result<(), StoreError> {
-        match self.flush_failure.get() {
-            Some(failure) => Err(StoreError::LogFlushFailed(failure.clone())),
+        match self.disk_failure.get() {
+            Some(failure) => Err(StoreError::DiskFailed(failure.clone())),
             None => Ok(()),
         }
     }
@@ -133,25 +161,38 @@ struct Committed {
 
 /// The writer thread: each turn takes every job queued (up to [`MAX_JOBS`]) and writes
 /// them in one transaction. Should the database refuse it, the jobs are written one by
-/// one, so one bad event cannot fail its neighbours.
+/// one, so one bad event cannot fail its neighbours. An I/O error is the disk failing:
+/// final (see [`flush_each`]), and jobs queued after it are refused unwritten.
 fn write_each(
     mut connection: Connection,
     mut queue: mpsc::Receiver<Job>,
     flushes: std_mpsc::Sender<Committed>,
+    failure: &DiskFailure,
 ) {
     let mut jobs = Vec::with_capacity(MAX_JOBS);
     while queue.blocking_recv_many(&mut jobs, MAX_JOBS) > 0 {
         let started = Instant::now();
         let batch = std::mem::replace(&mut jobs, Vec::with_capacity(MAX_JOBS));
+        if let Some(failure) = failure.get() {
+            fail_all(batch, StoreError::DiskFailed(failure.clone()));
+            continue;
+        }
+        let mut write_batch = |jobs: &[Job]| {
+            write(&mut connection, jobs).inspect_err(|error| {
+                if io_failure(error) {
+                    disk_failed(failure, "writing to the database", error);
+                }
+            })
+        };
         let events: usize = batch.iter().map(|job| job.events.len()).sum();
         crate::metrics::batch_committed(events);
-        let results = match write(&mut connection, &batch) {
+        let results = match write_batch(&batch) {
             Ok(outcomes) => split(outcomes, &batch),
             Err(error) if batch.len() > 1 && refused(&error) => {
                 tracing::warn!(%error, jobs = batch.len(), "batch failed; writing its appends one by one");
-                let one_by_one = batch.iter().map(|job| {
-                    write(&mut connection, std::slice::from_ref(job)).map_err(StoreError::from)
-                });
+                let one_by_one = batch
+                    .iter()
+                    .map(|job| write_batch(std::slice::from_ref(job)).map_err(StoreError::from));
                 one_by_one.collect()
             }
             Err(error) => {
@@ -299,29 +340,27 @@ fn project_newest_sql() -> String {
 /// redelivery found as a duplicate of a row that never reached the disk) would be
 /// acknowledged without being durable. Every batch from then on fails as well, and
 /// readiness fails, until the service is restarted (after someone has looked at the disk:
-/// the error is logged); Stripe redelivers what was refused.
+/// the error is logged); Stripe redelivers what was refused. An I/O error of the writer or
+/// the checkpointer is final alike: the write-back error may have been reported to their
+/// `fsync` (a checkpoint syncs the log too), and then never to this one.
 fn flush_each(
     wal: &Path,
     committed: std_mpsc::Receiver<Committed>,
     checkpoints: std_mpsc::SyncSender<()>,
-    failure: &OnceLock<String>,
+    failure: &DiskFailure,
 ) {
     while let Ok(first) = committed.recv() {
         let due: Vec<Committed> = std::iter::once(first).chain(committed.try_iter()).collect();
         let flushed = match failure.get() {
             Some(failure) => Err(failure.clone()),
-            None => flush(wal).map_err(|error| {
-                tracing::error!(%error, "flushing the write-ahead log failed: appends are refused until the service restarts");
-                failure.get_or_init(|| error.to_string()).clone()
-            }),
+            None => flush(wal)
+                .map_err(|error| disk_failed(failure, "flushing the write-ahead log", &error)),
         };
         match flushed {
             Ok(()) => due.into_iter().for_each(answer),
             Err(failure) => {
                 for job in due.into_iter().flat_map(|batch| batch.jobs) {
-                    let _ = job
-                        .reply
-                        .send(Err(StoreError::LogFlushFailed(failure.clone())));
+                    let _ = job.reply.send(Err(StoreError::DiskFailed(failure.clone())));
                 }
             }
         }
@@ -356,11 +395,22 @@ fn answer(batch: Committed) {
 /// database file without waiting for readers or blocking the writer) after each flush.
 /// A signal that arrives while one runs is kept (capacity 1), so the last flush is always
 /// followed by one. When it cannot, the writer checkpoints as the log passes 1,000 pages.
-fn checkpoint_each(connection: Connection, due: std_mpsc::Receiver<()>) {
+/// An I/O error is the disk failing (final, see [`flush_each`]); once it has failed, no
+/// more is written to it.
+fn checkpoint_each(connection: Connection, due: std_mpsc::Receiver<()>, failure: &DiskFailure) {
     while due.recv().is_ok() {
+        if failure.get().is_some() {
+            continue;
+        }
         let checkpoint = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-        if let Err(error) = checkpoint {
-            tracing::warn!(%error, "background checkpoint failed; the writer will do it");
+        match checkpoint {
+            Err(error) if io_failure(&error) => {
+                disk_failed(failure, "checkpointing the write-ahead log", &error);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "background checkpoint failed; the writer will do it")
+            }
+            Ok(()) => {}
         }
     }
 }
@@ -373,11 +423,18 @@ mod tests {
     use crate::stripe::event::{self, Delivery};
 
     fn event(id: &str, customer: &str) -> (CustomerEvent, Effect) {
-        let body = serde_json::json!({
+        parsed(&body(id, customer))
+    }
+
+    fn body(id: &str, customer: &str) -> serde_json::Value {
+        serde_json::json!({
             "id": id, "type": "customer.created", "created": 1_700_000_000, "livemode": false,
             "data": {"object": {"object": "customer", "id": customer, "email": "a@example.com",
                                 "created": 1_700_000_000}},
-        });
+        })
+    }
+
+    fn parsed(body: &serde_json::Value) -> (CustomerEvent, Effect) {
         let platform = AccountId::parse("platform").unwrap();
         let Ok(Delivery::Customer(event)) = event::parse(body.to_string().as_bytes(), &platform)
         else {
@@ -385,6 +442,13 @@ mod tests {
         };
         let effect = crate::projection::effect_of(&event);
         (event, effect)
+    }
+
+    /// A customer event carrying 96 KiB, so that a few hundred fill a small disk.
+    fn padded_event(id: &str, customer: &str) -> (CustomerEvent, Effect) {
+        let mut body = body(id, customer);
+        body["data"]["object"]["padding"] = "x".repeat(96 << 10).into();
+        parsed(&body)
     }
 
     fn job(events: Vec<(CustomerEvent, Effect)>, source: Source) -> Job {
@@ -417,7 +481,7 @@ mod tests {
 
     fn assert_flush_failed<T: std::fmt::Debug>(result: &Result<T, StoreError>) {
         assert!(
-            matches!(result, Err(StoreError::LogFlushFailed(_))),
+            matches!(result, Err(StoreError::DiskFailed(_))),
             "{result:?}"
         );
     }
@@ -456,37 +520,123 @@ mod tests {
         assert!(failure.get().is_some());
     }
 
-    /// Once a flush has failed, appends are refused before they are written and readiness
-    /// fails, so an orchestrator restarts the service.
+    /// An ext4 file system on a loop device whose backing file, on a tmpfs, is far larger
+    /// than the tmpfs: writes land in the page cache, and their write-back fails (the
+    /// disk under the file system is full). Torn down when dropped, a panic included.
+    /// (`tests/api/disk_full.rs` has the commented version; this is the same recipe.)
+    struct FailingDisk {
+        backing: tempfile::TempDir,
+        mount: tempfile::TempDir,
+        device: Option<String>,
+        mounted: Vec<PathBuf>,
+    }
+
+    fn run(program: &str, args: &[&str]) -> Result<String, String> {
+        let output = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run {program}: {e}"))?;
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_owned();
+        match output.status.success() {
+            true => Ok(text(&output.stdout)),
+            false => Err(format!(
+                "`{program} {}`: {}",
+                args.join(" "),
+                text(&output.stderr)
+            )),
+        }
+    }
+
+    impl FailingDisk {
+        /// Panics (the test fails, it does not skip) when the machine does not let it
+        /// mount or attach a loop device: the test needs root.
+        fn new() -> Self {
+            let mut disk = Self {
+                backing: tempfile::tempdir().unwrap(),
+                mount: tempfile::tempdir().unwrap(),
+                device: None,
+                mounted: Vec::new(),
+            };
+            let backing = disk.backing.path().to_str().unwrap().to_owned();
+            let mount = disk.mount.path().to_str().unwrap().to_owned();
+            let must = |result: Result<String, String>| {
+                result.unwrap_or_else(|e| panic!("setting up a failing disk (needs root): {e}"))
+            };
+            must(run(
+                "mount",
+                &["-t", "tmpfs", "-o", "size=12m", "tmpfs", &backing],
+            ));
+            disk.mounted.push(disk.backing.path().to_owned());
+            let image = format!("{backing}/disk.img");
+            must(run("truncate", &["-s", "256M", &image]));
+            let device = must(run("losetup", &["--find", "--show", &image]));
+            disk.device = Some(device.clone());
+            let init = "lazy_itable_init=1,lazy_journal_init=1";
+            must(run("mkfs.ext4", &["-q", "-E", init, &device]));
+            must(run("mount", &["-t", "ext4", &device, &mount]));
+            disk.mounted.push(disk.mount.path().to_owned());
+            disk
+        }
+    }
+
+    impl Drop for FailingDisk {
+        fn drop(&mut self) {
+            // The ext4 mount first, then the loop device (detaching one still in use
+            // frees it once unused), then the tmpfs; a busy mount is detached lazily.
+            let mut mounted = std::mem::take(&mut self.mounted);
+            let ext4 = mounted.pop();
+            let unmount = |point: PathBuf| {
+                let point = point.to_str().unwrap().to_owned();
+                if run("umount", &[&point]).is_err() {
+                    let _ = run("umount", &["--lazy", &point]);
+                }
+            };
+            ext4.into_iter().for_each(unmount);
+            if let Some(device) = self.device.take() {
+                let _ = run("losetup", &["--detach", &device]);
+            }
+            mounted.into_iter().for_each(unmount);
+        }
+    }
+
+    /// Once the disk has failed under the log, appends are refused before they are
+    /// written and readiness fails, so an orchestrator restarts the service.
     #[tokio::test]
     async fn after_a_failed_flush_appends_and_readiness_fail() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}", dir.path().join("writer.db").display());
+        let disk = FailingDisk::new();
+        let url = format!("sqlite:{}", disk.mount.path().join("writer.db").display());
         let store = Store::connect(&DatabaseUrl::parse(&url).unwrap())
             .await
             .unwrap();
         store.migrate().await.unwrap();
-        let (event, effect) = event("evt_a", "cus_a");
         store.ping().await.unwrap();
-        let Store::Sqlite(sqlite) = &store else {
-            unreachable!("a sqlite: URL")
-        };
-        sqlite
-            .appender
-            .flush_failure
-            .set("I/O error".to_owned())
-            .unwrap();
+        // Padded events until the disk fails (far fewer than this fit on it).
+        let mut failed = None;
+        for n in 0..1_000 {
+            let (event, effect) = padded_event(&format!("evt_{n}"), &format!("cus_{n}"));
+            if let Err(error) = store.append(&event, &effect, Source::Webhook).await {
+                failed = Some(error);
+                break;
+            }
+        }
+        assert!(failed.is_some(), "the disk never failed");
 
+        let (event, effect) = event("evt_after", "cus_after");
         let appended = store.append(&event, &effect, Source::Webhook).await;
         let ready = store.ping().await;
 
         assert_flush_failed(&appended);
         assert_flush_failed(&ready);
-        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        let Store::Sqlite(sqlite) = &store else {
+            unreachable!("a sqlite: URL")
+        };
+        let written: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_id = ?")
+            .bind("evt_after")
             .fetch_one(&sqlite.reader)
             .await
             .unwrap();
-        assert_eq!(events, 0);
+        assert_eq!(written, 0);
+        drop(store);
     }
 
     /// Several callers' appends in one transaction: each row keeps its own caller's

@@ -1,0 +1,423 @@
+//! A disk that fails under the SQLite store: the real binary on an ext4 file system whose
+//! writes land in the page cache and whose write-back fails, as on a disk that is full or
+//! broken below the file system. What it acknowledged survives; from the failed flush on,
+//! it acknowledges nothing until it is restarted.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{created, into_json, now, sign, SECRET};
+use crate::process::{serve_command, Served};
+
+/// Room the file system's blocks really have: far less than it believes it has.
+const TMPFS_SIZE: &str = "12m";
+/// What the file system believes it has.
+const DEVICE_SIZE: u64 = 256 << 20;
+/// The room given afterwards, to repair it: more than the device.
+const REPAIRED_TMPFS_SIZE: &str = "512m";
+/// Padding per event, so the disk fills within a few hundred events.
+const PADDING: usize = 96 << 10;
+/// Deliveries in flight at once.
+const IN_FLIGHT: usize = 8;
+/// Far more than the disk can take: reaching it without a 503 means the failure went unseen.
+const MAX_EVENTS: usize = 1_000;
+/// Anything slower than this is a hang, not a slow answer.
+const HANG: Duration = Duration::from_secs(30);
+
+/// An ext4 file system on a loop device whose backing file is a sparse file on a tmpfs
+/// much smaller than the file: writes succeed into the page cache, and the `fdatasync`
+/// that has to write them back fails (ENOSPC, then EIO once the journal has aborted).
+/// Everything it sets up is torn down when it is dropped, a panicking test included; it
+/// only ever detaches the loop device it attached.
+pub struct FailingDisk {
+    /// The tmpfs holding the device's backing file.
+    backing: PathBuf,
+    /// Where the ext4 file system is mounted.
+    mount: PathBuf,
+    /// The loop device, once attached.
+    device: Option<String>,
+    tmpfs_mounted: bool,
+    ext4_mounted: bool,
+}
+
+impl FailingDisk {
+    /// Sets the disk up; panics, with the failing command, if it cannot (the machine must
+    /// allow root to mount a tmpfs and attach loop devices: this is a test to run, not to
+    /// skip).
+    pub fn new() -> Self {
+        let mut disk = Self {
+            backing: mount_point("backing"),
+            mount: mount_point("ext4"),
+            device: None,
+            tmpfs_mounted: false,
+            ext4_mounted: false,
+        };
+        // From here on a panic drops `disk`, which undoes whatever was done.
+        let size = format!("size={TMPFS_SIZE}");
+        run(
+            "mount",
+            &["-t", "tmpfs", "-o", &size, "tmpfs", path(&disk.backing)],
+        )
+        .unwrap_or_else(|e| panic!("cannot mount a tmpfs (the test needs root): {e}"));
+        disk.tmpfs_mounted = true;
+        let image = disk.backing.join("disk.img");
+        std::fs::File::create(&image)
+            .and_then(|file| file.set_len(DEVICE_SIZE))
+            .unwrap_or_else(|e| panic!("cannot create the sparse backing file: {e}"));
+        let device = run("losetup", &["--find", "--show", path(&image)])
+            .unwrap_or_else(|e| panic!("cannot attach a loop device (the test needs root): {e}"));
+        disk.device = Some(device.trim().to_owned());
+        let device = disk.device().to_owned();
+        run(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-E",
+                "lazy_itable_init=1,lazy_journal_init=1",
+                &device,
+            ],
+        )
+        .unwrap_or_else(|e| panic!("cannot make the file system: {e}"));
+        disk.mount_ext4();
+        disk
+    }
+
+    /// Where the file system is mounted.
+    pub fn path(&self) -> &Path {
+        &self.mount
+    }
+
+    /// What an operator does once the disk has room again: unmount, give the backing
+    /// file room, check and repair the file system (replaying its journal), mount again.
+    /// Whatever was flushed before the failure is on it.
+    pub fn repair(&mut self) {
+        self.unmount_ext4();
+        let size = format!("remount,size={REPAIRED_TMPFS_SIZE}");
+        run("mount", &["-o", &size, path(&self.backing)])
+            .unwrap_or_else(|e| panic!("cannot enlarge the tmpfs: {e}"));
+        let device = self.device().to_owned();
+        // 0: clean, 1: errors corrected, 2: corrected, reboot advised; above: not repaired.
+        let checked = Command::new("e2fsck")
+            .args(["-fy", &device])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run e2fsck");
+        assert!(
+            matches!(checked.code(), Some(0..=2)),
+            "e2fsck could not repair {device}: {checked}"
+        );
+        self.mount_ext4();
+    }
+
+    fn device(&self) -> &str {
+        self.device.as_deref().expect("the loop device is attached")
+    }
+
+    fn mount_ext4(&mut self) {
+        let device = self.device().to_owned();
+        run("mount", &["-t", "ext4", &device, path(&self.mount)])
+            .unwrap_or_else(|e| panic!("cannot mount {device}: {e}"));
+        self.ext4_mounted = true;
+    }
+
+    fn unmount_ext4(&mut self) {
+        run("umount", &[path(&self.mount)]).unwrap_or_else(|e| panic!("{e}"));
+        self.ext4_mounted = false;
+    }
+}
+
+impl Drop for FailingDisk {
+    /// Undoes everything in reverse order, going on past failures: a busy mount (a
+    /// process still holding a file) is detached lazily, and detaching a loop device that
+    /// is still in use makes the kernel free it once it is no longer used.
+    fn drop(&mut self) {
+        let unmount = |point: &Path| {
+            if run("umount", &[path(point)]).is_err() {
+                if let Err(e) = run("umount", &["--lazy", path(point)]) {
+                    eprintln!("{e}");
+                }
+            }
+        };
+        if self.ext4_mounted {
+            unmount(&self.mount);
+        }
+        if let Some(device) = self.device.take() {
+            if let Err(e) = run("losetup", &["--detach", &device]) {
+                eprintln!("{e}");
+            }
+        }
+        if self.tmpfs_mounted {
+            unmount(&self.backing);
+        }
+        // `remove_dir` removes only an empty folder: never anything on a mount left behind.
+        for point in [&self.mount, &self.backing] {
+            if let Err(e) = std::fs::remove_dir(point) {
+                eprintln!("cannot remove {}: {e}", point.display());
+            }
+        }
+    }
+}
+
+/// A new, uniquely named, empty folder to mount on.
+fn mount_point(role: &str) -> PathBuf {
+    tempfile::Builder::new()
+        .prefix(&format!("stripe-projector-disk-{role}-"))
+        .tempdir()
+        .expect("temporary folder")
+        .keep()
+}
+
+fn path(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+/// Runs a command; its stdout, or what failed.
+fn run(program: &str, args: &[&str]) -> Result<String, String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "`{program} {}` failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Event `n`: a new customer, padded so that every event takes room on the disk.
+fn padded_event(n: usize) -> Vec<u8> {
+    let mut event = created(
+        &format!("evt_full_{n:04}"),
+        "acct_full",
+        &format!("cus_full_{n:04}"),
+        &format!("f{n}@example.com"),
+        1_700_000_000,
+    );
+    event["data"]["object"]["padding"] = json!("x".repeat(PADDING));
+    event.to_string().into_bytes()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Stored,
+    Refused,
+}
+
+/// Delivers event `n`; the only answers allowed are "stored" and 503 `store_unavailable`.
+async fn deliver(client: &reqwest::Client, base: &str, n: usize) -> Answer {
+    let body = padded_event(n);
+    let request = client
+        .post(format!("{base}/webhooks/stripe"))
+        .header("Stripe-Signature", sign(SECRET, now(), &body))
+        .body(body)
+        .send();
+    let response = tokio::time::timeout(HANG, request)
+        .await
+        .unwrap_or_else(|_| panic!("evt_full_{n:04}: no answer (a hang)"))
+        .unwrap_or_else(|e| panic!("evt_full_{n:04}: the request failed: {e}"));
+    let (status, body) = into_json(response).await;
+    match (status, &body) {
+        (StatusCode::OK, body) if body["status"] == "stored" => Answer::Stored,
+        (StatusCode::SERVICE_UNAVAILABLE, body) if body["error"] == "store_unavailable" => {
+            Answer::Refused
+        }
+        _ => panic!("evt_full_{n:04}: answered {status} {body}"),
+    }
+}
+
+/// Delivers events, `IN_FLIGHT` at a time, until one is refused; returns the events
+/// acknowledged and those refused (those in flight with the first refusal included).
+async fn fill(base: &str) -> (BTreeSet<usize>, BTreeSet<usize>) {
+    let client = reqwest::Client::new();
+    let next = Arc::new(AtomicUsize::new(0));
+    let refusing = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| {
+            let (client, base, next, refusing) = (
+                client.clone(),
+                base.to_owned(),
+                next.clone(),
+                refusing.clone(),
+            );
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while !refusing.load(Ordering::SeqCst) {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    if n >= MAX_EVENTS {
+                        break;
+                    }
+                    let answer = deliver(&client, &base, n).await;
+                    if answer == Answer::Refused {
+                        refusing.store(true, Ordering::SeqCst);
+                    }
+                    answers.push((n, answer));
+                }
+                answers
+            })
+        })
+        .collect();
+    let (mut acknowledged, mut refused) = (BTreeSet::new(), BTreeSet::new());
+    for worker in workers {
+        for (n, answer) in worker.await.expect("a delivery worker panicked") {
+            match answer {
+                Answer::Stored => acknowledged.insert(n),
+                Answer::Refused => refused.insert(n),
+            };
+        }
+    }
+    assert!(
+        !refused.is_empty(),
+        "{MAX_EVENTS} padded events were all stored on a disk with room for far fewer"
+    );
+    (acknowledged, refused)
+}
+
+async fn get(client: &reqwest::Client, base: &str, path: &str) -> (StatusCode, Value) {
+    let request = client.get(format!("{base}{path}")).send();
+    let response = tokio::time::timeout(HANG, request)
+        .await
+        .unwrap_or_else(|_| panic!("GET {path}: no answer (a hang)"))
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    into_json(response).await
+}
+
+/// The event ids in the log, and SQLite's own check of the file, read on a connection of
+/// the test's own that is closed before returning (so the file system can be unmounted).
+async fn logged(url: &str) -> (BTreeSet<String>, String) {
+    use sqlx::Connection;
+    let mut connection = sqlx::SqliteConnection::connect(url).await.expect("connect");
+    let ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events")
+        .fetch_all(&mut connection)
+        .await
+        .expect("read the log");
+    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&mut connection)
+        .await
+        .expect("integrity check");
+    connection.close().await.expect("close");
+    (ids.into_iter().collect(), integrity)
+}
+
+/// Where the disk runs out first.
+#[derive(Debug, Clone, Copy)]
+enum Filling {
+    /// A read transaction held open (a backup, say) keeps checkpoints from copying
+    /// anything, so only the write-ahead log grows: its flush fails.
+    Log,
+    /// Checkpoints copy the log into the database file, which grows, and whose flush (by
+    /// a checkpoint) fails first, as a rule.
+    DatabaseFile,
+}
+
+/// The disk fills under load: every delivery is answered "stored" or 503, never anything
+/// else and never a hang. From the first 503 on every delivery is refused, a redelivery
+/// of an acknowledged event too, and `/readyz` fails. After a SIGKILL and a repair of the
+/// disk, every acknowledged event is in the log of an intact database, and the service
+/// stores new deliveries and Stripe's redeliveries of the refused ones.
+async fn a_failing_disk_refuses_until_restart_and_loses_nothing(filling: Filling) {
+    use sqlx::{Connection, Executor};
+    let mut disk = FailingDisk::new();
+    let url = format!("sqlite:{}", disk.path().join("projector.db").display());
+    let client = reqwest::Client::new();
+    let mut served = Served::spawn(serve_command(&url));
+    let reader = match filling {
+        Filling::Log => {
+            let mut reader = sqlx::SqliteConnection::connect(&url)
+                .await
+                .expect("connect");
+            reader.execute("BEGIN").await.expect("BEGIN");
+            reader
+                .execute("SELECT count(*) FROM events")
+                .await
+                .expect("a read");
+            Some(reader)
+        }
+        Filling::DatabaseFile => None,
+    };
+
+    let (acknowledged, refused) = fill(&served.base).await;
+    assert!(
+        !acknowledged.is_empty(),
+        "the disk failed before anything was stored"
+    );
+
+    // The failure is final: nothing is acknowledged until a restart.
+    let after = MAX_EVENTS;
+    assert_eq!(deliver(&client, &served.base, after).await, Answer::Refused);
+    let first = *acknowledged.first().expect("checked non-empty");
+    assert_eq!(deliver(&client, &served.base, first).await, Answer::Refused);
+    let (status, body) = get(&client, &served.base, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+    if let Some(reader) = reader {
+        reader.close().await.expect("close the reader");
+    }
+    served.kill();
+    disk.repair();
+    let served = Served::spawn(serve_command(&url));
+    let (status, body) = get(&client, &served.base, "/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (logged_ids, integrity) = logged(&url).await;
+    assert_eq!(integrity, "ok");
+    let lost: Vec<String> = acknowledged
+        .iter()
+        .map(|n| format!("evt_full_{n:04}"))
+        .filter(|id| !logged_ids.contains(id))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged but not in the log: {lost:?}");
+
+    assert_eq!(
+        deliver(&client, &served.base, after + 1).await,
+        Answer::Stored
+    );
+    for &n in refused.iter().chain([&after]) {
+        let body = padded_event(n);
+        let response = client
+            .post(format!("{}/webhooks/stripe", served.base))
+            .header("Stripe-Signature", sign(SECRET, now(), &body))
+            .body(body)
+            .send()
+            .await
+            .expect("redelivery");
+        let (status, body) = into_json(response).await;
+        // A refused event may have reached the disk before the failure was seen: then it
+        // is a duplicate now, in the log either way.
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "redelivery of evt_full_{n:04}: {body}"
+        );
+        assert!(
+            body["status"] == "stored" || body["status"] == "duplicate",
+            "{body}"
+        );
+    }
+    let (logged_ids, _) = logged(&url).await;
+    for n in refused.iter().chain([&after, &(after + 1)]) {
+        assert!(logged_ids.contains(&format!("evt_full_{n:04}")));
+    }
+    // The server goes before the disk is torn down.
+    drop(served);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_flush_of_the_log_refuses_until_restart_and_loses_nothing() {
+    a_failing_disk_refuses_until_restart_and_loses_nothing(Filling::Log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_checkpoint_refuses_until_restart_and_loses_nothing() {
+    a_failing_disk_refuses_until_restart_and_loses_nothing(Filling::DatabaseFile).await;
+}
