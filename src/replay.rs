@@ -18,10 +18,17 @@ use crate::stripe::event::{self, CustomerEvent};
 /// memory whatever the log's size.
 const PAGE: i64 = 5_000;
 
-/// Progress reporting, so the command line can draw a bar on a terminal.
+/// Progress reporting, so the command line can draw a bar on a terminal. Each method is
+/// called once, in this order, from the task running [`rebuild`] (a failed rebuild stops
+/// calling them).
 pub trait Progress: Sync {
+    /// The rebuild reads `total_events` events: the log up to its horizon.
     fn start(&self, total_events: u64);
+    /// The table is built aside from the log up to the horizon; appends are not blocked,
+    /// and the catch-up with later events and the swap (or comparison) are still to come.
+    /// The rebuild does not go on until this returns.
     fn advance(&self, events: u64);
+    /// The table is swapped in (or compared and dropped): the rebuild is over.
     fn finish(&self);
 }
 

@@ -1,12 +1,13 @@
 //! `replay`, `replay --verify` and `prune`: the log rebuilds the same tables.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use proptest::test_runner::{TestCaseError, TestRunner};
 use reqwest::StatusCode;
 use stripe_projector::projection::{self};
-use stripe_projector::replay::{self, Silent};
+use stripe_projector::replay::{self, Progress, Silent};
 use stripe_projector::store::{RebuildKind, Source, Store};
 use stripe_projector::stripe::event::{self, Delivery};
 
@@ -117,69 +118,151 @@ async fn populate(store: &Store, n: usize) {
     }
 }
 
-async fn lookups_keep_answering_and_ingestion_goes_on_while_replay_runs(backend: Backend) {
-    const CUSTOMERS: usize = 3_000;
+/// Holds a rebuild where its table is built aside and not yet swapped in: `advance` is
+/// reported exactly there (see `replay::Progress`), and does not return until released.
+struct HoldBeforeSwap {
+    held: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    release: Mutex<mpsc::Receiver<()>>,
+    finished: AtomicBool,
+}
+
+/// Bounds the hold, so that a test that fails to release it cannot hang the rebuild.
+const HOLD_LIMIT: Duration = Duration::from_secs(120);
+
+impl Progress for HoldBeforeSwap {
+    fn start(&self, _: u64) {}
+
+    fn advance(&self, _: u64) {
+        if let Some(held) = self.held.lock().unwrap().take() {
+            held.send(()).unwrap();
+        }
+        self.release
+            .lock()
+            .unwrap()
+            .recv_timeout(HOLD_LIMIT)
+            .expect("the test releases the rebuild");
+    }
+
+    fn finish(&self) {
+        self.finished.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Looks up a customer `populate` made, by its number; it must be found at every moment.
+async fn lookup_populated(app: &TestApp, i: usize, when: &str) {
+    let (status, body) = app
+        .lookup(&format!(
+            "account=acct_{}&email=p{i}%40example.com&livemode=false",
+            i % 5
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "lookup of p{i} {when}: {body}");
+    assert_eq!(body["customer_id"], format!("cus_{i:06}"), "{when}");
+}
+
+/// Delivers customer `n` of `acct_new`; it must be stored at every moment.
+async fn deliver_new(app: &TestApp, n: usize, when: &str) {
+    let event = created(
+        &format!("evt_during_{n}"),
+        "acct_new",
+        &format!("cus_during_{n}"),
+        &format!("d{n}@example.com"),
+        1_800_000_000,
+    );
+    let (status, body) = app.deliver_json(&event).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (StatusCode::OK, &serde_json::json!("stored")),
+        "delivery {n} {when}"
+    );
+}
+
+/// A replay is held after building its table aside and before swapping it in; lookups and
+/// deliveries run while it is held (so they certainly overlap it: it cannot finish), then
+/// on through the catch-up and the swap once it is released. Every lookup finds its
+/// customer, every delivery is stored and is in the swapped-in table, and the table that
+/// was swapped in is the rebuilt one (it repairs a row removed from the live table).
+async fn lookups_and_deliveries_overlap_a_held_replay_and_stay_right(backend: Backend) {
+    const CUSTOMERS: usize = 1_000;
+    const WHILE_HELD: usize = 40;
     let app = TestApp::spawn(backend).await;
     populate(&app.store, CUSTOMERS).await;
-    let done = Arc::new(AtomicBool::new(false));
+    // Only the rebuilt table has this row: found after the replay, it was swapped in.
+    app.db
+        .execute("DELETE FROM customers WHERE customer_id = 'cus_000000'")
+        .await;
+    assert_eq!(
+        app.customer_id("acct_0", "p0@example.com", false).await,
+        None
+    );
+
+    let (held, is_held) = tokio::sync::oneshot::channel();
+    let (release, released) = mpsc::channel();
+    let progress = Arc::new(HoldBeforeSwap {
+        held: Mutex::new(Some(held)),
+        release: Mutex::new(released),
+        finished: AtomicBool::new(false),
+    });
     let replaying = {
-        let (store, done) = (app.store.clone(), done.clone());
-        tokio::spawn(async move {
-            let report = replay::rebuild(&store, RebuildKind::Replace, &Silent).await;
-            done.store(true, Ordering::SeqCst);
-            report
+        let (store, progress) = (app.store.clone(), progress.clone());
+        let runtime = tokio::runtime::Handle::current();
+        // A thread of its own: the hold blocks it, not a worker of the test's runtime.
+        tokio::task::spawn_blocking(move || {
+            runtime.block_on(replay::rebuild(&store, RebuildKind::Replace, &*progress))
         })
     };
+    tokio::time::timeout(HOLD_LIMIT, is_held)
+        .await
+        .expect("the replay reaches its hold")
+        .expect("the replay holds");
 
+    for k in 0..WHILE_HELD {
+        lookup_populated(
+            &app,
+            1 + k * 7 % (CUSTOMERS - 1),
+            "while the replay is held",
+        )
+        .await;
+        deliver_new(&app, k, "while the replay is held").await;
+    }
+    // All of the above completed before the replay could swap.
+    assert!(!replaying.is_finished() && !progress.finished.load(Ordering::SeqCst));
+    release.send(()).unwrap();
+
+    // Through the catch-up and the swap. Bounded: the swap comes long before this count.
+    let mut delivered = WHILE_HELD;
     let mut lookups = 0usize;
-    let mut delivered = Vec::new();
-    // Bounded: the replay of a few thousand events ends long before this count.
-    while !done.load(Ordering::SeqCst) && lookups < 100_000 {
-        let i = lookups * 7 % CUSTOMERS;
-        let (status, body) = app
-            .lookup(&format!(
-                "account=acct_{}&email=p{i}%40example.com&livemode=false",
-                i % 5
-            ))
-            .await;
-        assert_eq!(
-            status,
-            StatusCode::OK,
-            "lookup {lookups} during replay: {body}"
-        );
-        assert_eq!(body["customer_id"], format!("cus_{i:06}"));
+    while !replaying.is_finished() && lookups < 100_000 {
+        lookup_populated(&app, 1 + lookups * 11 % (CUSTOMERS - 1), "during the swap").await;
         if lookups % 10 == 0 {
-            let n = delivered.len();
-            let event = created(
-                &format!("evt_during_{n}"),
-                "acct_new",
-                &format!("cus_during_{n}"),
-                &format!("d{n}@example.com"),
-                1_800_000_000,
-            );
-            let (status, _) = app.deliver_json(&event).await;
-            assert_eq!(status, StatusCode::OK);
-            delivered.push(n);
+            deliver_new(&app, delivered, "during the swap").await;
+            delivered += 1;
         }
         lookups += 1;
     }
     let report = replaying.await.unwrap().unwrap();
+    assert!(progress.finished.load(Ordering::SeqCst));
+    // Read up to the horizon taken before the hold: everything delivered since came later
+    // and reached the table through the catch-up.
+    assert_eq!(report.events, CUSTOMERS as u64);
 
-    assert!(lookups > 0 && report.events >= CUSTOMERS as u64);
-    for n in delivered {
+    for n in 0..delivered {
         let found = app
             .customer_id("acct_new", &format!("d{n}@example.com"), false)
             .await;
-        assert_eq!(
-            found,
-            Some(format!("cus_during_{n}")),
-            "an event delivered during the replay is in its result"
-        );
+        assert_eq!(found, Some(format!("cus_during_{n}")), "delivery {n}");
+    }
+    for i in (1..CUSTOMERS).step_by(97) {
+        lookup_populated(&app, i, "after the replay").await;
     }
     assert_eq!(
-        app.store.status().await.unwrap().customers,
-        app.store.status().await.unwrap().events
+        app.customer_id("acct_0", "p0@example.com", false).await,
+        Some("cus_000000".to_owned()),
+        "the rebuilt table was swapped in"
     );
+    let status = app.store.status().await.unwrap();
+    assert_eq!(status.customers, status.events);
+    assert_eq!(status.events as usize, CUSTOMERS + delivered);
 }
 
 async fn verify_reports_damage_and_replay_repairs_it(backend: Backend) {
@@ -356,7 +439,7 @@ async fn replay_keeps_the_customer_table_as_the_migrations_declare_it(backend: B
 
 on_both_backends!(
     replay_keeps_the_customer_table_as_the_migrations_declare_it,
-    lookups_keep_answering_and_ingestion_goes_on_while_replay_runs,
+    lookups_and_deliveries_overlap_a_held_replay_and_stay_right,
     verify_reports_damage_and_replay_repairs_it,
     prune_keeps_the_deciding_snapshots_and_recent_events,
 );
