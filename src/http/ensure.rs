@@ -29,6 +29,21 @@ pub(super) async fn ensure(
     Ok(HttpResponse::build(status).json(ensured))
 }
 
+/// `ensure`, counted by outcome in the metrics.
+pub(super) async fn counted(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let answer = ensure(request, payload, state).await;
+    crate::metrics::ensure_answered(match &answer {
+        Ok(response) if response.status() == StatusCode::CREATED => "created",
+        Ok(_) => "found",
+        Err(error) => error.code(),
+    });
+    answer
+}
+
 /// Reads the JSON body field by field, so each mistake gets a message naming the field.
 /// `null` counts as absent.
 fn parse_body(body: &[u8]) -> Result<EnsureRequest, InvalidEnsure> {

@@ -300,6 +300,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub store: Store,
     pub db: TestDb,
+    /// The server's get-or-create (a clone sharing its flights).
+    pub ensurer: Ensurer,
 }
 
 impl TestApp {
@@ -327,6 +329,7 @@ impl TestApp {
             read_token: config.read_token.map(Secret::new),
             ensure: Ensurer::new(stripe, platform),
         };
+        let ensurer = state.ensure.clone();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let base = format!("http://{}", listener.local_addr().unwrap());
         let options = ServerOptions {
@@ -341,6 +344,7 @@ impl TestApp {
             client: reqwest::Client::new(),
             store,
             db,
+            ensurer,
         }
     }
 
