@@ -18,6 +18,7 @@ use crate::secret::Secret;
 use crate::store::RebuildKind;
 use crate::store::{DatabaseUrl, Lookup, Store};
 use crate::stripe::api::{self, RetryPolicy, StripeApi, StripeApiConfig};
+use crate::stripe::limiter::Limits;
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -188,6 +189,17 @@ struct StripeArgs {
     #[arg(long, env = "STRIPE_API_TIMEOUT_SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=300))]
     stripe_timeout_secs: u64,
+
+    /// Requests to Stripe in flight at once, at most, for the whole process.
+    #[arg(long, env = "STRIPE_API_CONCURRENCY", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    stripe_api_concurrency: u32,
+
+    /// Requests started to Stripe in any one second, at most, for the whole process
+    /// (retries included). A caller that would wait over 1 s for its turn gets 503.
+    #[arg(long, env = "STRIPE_API_RATE", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    stripe_api_rate: u32,
 }
 
 #[derive(Debug, Args)]
@@ -422,10 +434,16 @@ fn stripe_api(args: &StripeArgs) -> Result<Option<StripeApi>, Failure> {
         timeout: Duration::from_secs(args.stripe_timeout_secs),
         ..RetryPolicy::default()
     };
+    let limits = Limits {
+        concurrency: args.stripe_api_concurrency,
+        rate: args.stripe_api_rate,
+        ..Limits::default()
+    };
     StripeApi::new(StripeApiConfig {
         secret_key,
         api_base,
         retry,
+        limits,
     })
     .map(Some)
     .map_err(usage)

@@ -9,6 +9,7 @@
 //! model knows it before the webhook arrives.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
@@ -111,6 +112,8 @@ pub struct Ensurer {
     stripe: Option<StripeApi>,
     platform: AccountId,
     flights: Flights,
+    /// Callers past the first lookup: in a flight or queued for one.
+    callers: Arc<AtomicUsize>,
 }
 
 impl Ensurer {
@@ -119,7 +122,14 @@ impl Ensurer {
             stripe,
             platform,
             flights: Arc::default(),
+            callers: Arc::default(),
         }
+    }
+
+    /// Callers past the first lookup, in a flight: creating a customer or queued behind the
+    /// caller who is.
+    pub fn callers_in_flight(&self) -> usize {
+        self.callers.load(Ordering::SeqCst)
     }
 
     /// Looks the customer up and, when absent, creates it through Stripe and records it.
@@ -148,6 +158,7 @@ impl Ensurer {
             });
         }
         let key = (request.account.clone(), livemode, request.email_key.clone());
+        let _counted = Counted::enter(&self.callers);
         let _flight = Flight::join(&self.flights, key).await;
         // A caller that waited finds the first caller's customer here.
         if let Some(customer) = self.existing(store, request, livemode).await? {
@@ -256,6 +267,22 @@ impl Ensurer {
             }
             Err(e) => Err(StripeApiError::InvalidResponse(e.to_string())),
         }
+    }
+}
+
+/// Counts a caller until it is done, also when its request is cancelled.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -23,6 +23,8 @@ const PROJECTION_ERRORS: &str = "stripe_projector_projection_errors_total";
 const APPEND_DURATION: &str = "stripe_projector_append_duration_seconds";
 const COMMIT_BATCH: &str = "stripe_projector_commit_batch_events";
 const LOOKUPS: &str = "stripe_projector_lookups_total";
+const ENSURES: &str = "stripe_projector_ensure_total";
+const STRIPE_REQUESTS: &str = "stripe_projector_stripe_requests_total";
 const BUILD_INFO: &str = "stripe_projector_build_info";
 const BODY_BYTES_IN_FLIGHT: &str = "stripe_projector_body_bytes_in_flight";
 
@@ -57,6 +59,38 @@ pub const LOOKUP_OUTCOMES: [&str; 6] = [
     "invalid_request",
     "unauthorized",
     "store_unavailable",
+];
+
+/// Every answer of `POST /v1/customers/ensure`: the two successes, then each error code.
+pub const ENSURE_OUTCOMES: [&str; 13] = [
+    "found",
+    "created",
+    "invalid_request",
+    "invalid_payload",
+    "payload_too_large",
+    "unauthorized",
+    "livemode_mismatch",
+    "ensure_disabled",
+    "stripe_error",
+    "stripe_unavailable",
+    "store_unavailable",
+    "customer_superseded",
+    "overloaded",
+];
+
+/// What became of each request we meant to send to Stripe, retries included: `ok`,
+/// `rejected` (4xx but 429), `rate_limited` (429), `server_error` (5xx), `network_error`
+/// (no answer, or one cut short), `timeout`, `invalid_response` (a 2xx that is not a
+/// customer, or another status), `limited_locally` (not sent: our own limit).
+pub const STRIPE_REQUEST_OUTCOMES: [&str; 8] = [
+    "ok",
+    "rejected",
+    "rate_limited",
+    "server_error",
+    "network_error",
+    "timeout",
+    "invalid_response",
+    "limited_locally",
 ];
 
 /// Stripe's `customer.*` event types (Stripe's API reference). A type outside this list is counted as
@@ -182,6 +216,14 @@ fn describe_and_zero() {
         "Deliveries committed together in one group-commit transaction"
     );
     describe_counter!(LOOKUPS, "Checkout lookups answered, by outcome");
+    describe_counter!(
+        ENSURES,
+        "Checkout get-or-create calls answered, by outcome (found, created, or the error code)"
+    );
+    describe_counter!(
+        STRIPE_REQUESTS,
+        "Requests to Stripe's API, retries included, by outcome (limited_locally: not sent, our own limit was reached)"
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build");
     describe_gauge!(
         BODY_BYTES_IN_FLIGHT,
@@ -196,6 +238,12 @@ fn describe_and_zero() {
     }
     for outcome in LOOKUP_OUTCOMES {
         counter!(LOOKUPS, "outcome" => outcome).increment(0);
+    }
+    for outcome in ENSURE_OUTCOMES {
+        counter!(ENSURES, "outcome" => outcome).increment(0);
+    }
+    for outcome in STRIPE_REQUEST_OUTCOMES {
+        counter!(STRIPE_REQUESTS, "outcome" => outcome).increment(0);
     }
     counter!(PROJECTION_ERRORS).increment(0);
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -224,6 +272,16 @@ pub fn body_bytes_released(bytes: usize) {
 /// Counts one answered lookup. `outcome` is `found` or the error code.
 pub fn lookup_answered(outcome: &'static str) {
     counter!(LOOKUPS, "outcome" => outcome).increment(1);
+}
+
+/// Counts one answered ensure. `outcome` is `found`, `created` or the error code.
+pub fn ensure_answered(outcome: &'static str) {
+    counter!(ENSURES, "outcome" => outcome).increment(1);
+}
+
+/// Counts one request to Stripe by outcome, one of [`STRIPE_REQUEST_OUTCOMES`].
+pub fn stripe_request(outcome: &'static str) {
+    counter!(STRIPE_REQUESTS, "outcome" => outcome).increment(1);
 }
 
 /// Records one append: its latency always, and when the event was new, its type and

@@ -56,6 +56,21 @@ fn loopback_peer(peer: Option<IpAddr>) -> bool {
     peer.is_some_and(crate::config::is_loopback)
 }
 
+/// `ensure`, counted by outcome in the metrics.
+pub(super) async fn counted(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let answer = ensure(request, payload, state).await;
+    crate::metrics::ensure_answered(match &answer {
+        Ok(response) if response.status() == StatusCode::CREATED => "created",
+        Ok(_) => "found",
+        Err(error) => error.code(),
+    });
+    answer
+}
+
 /// Reads the JSON body field by field, so each mistake gets a message naming the field.
 /// `null` counts as absent.
 fn parse_body(body: &[u8]) -> Result<EnsureRequest, InvalidEnsure> {

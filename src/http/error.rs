@@ -88,13 +88,23 @@ impl ApiError {
                 EnsureError::Invalid(_) => "invalid_request",
                 EnsureError::Disabled => "ensure_disabled",
                 EnsureError::LivemodeMismatch { .. } => "livemode_mismatch",
-                EnsureError::Stripe(StripeApiError::Unavailable { .. }) => "stripe_unavailable",
+                EnsureError::Stripe(e) if stripe_unavailable(e) => "stripe_unavailable",
                 EnsureError::Stripe(_) => "stripe_error",
                 EnsureError::Store(_) => "store_unavailable",
                 EnsureError::Superseded { .. } => "customer_superseded",
             },
         }
     }
+}
+
+/// Stripe failures worth retrying later: 503, not 502.
+fn stripe_unavailable(error: &StripeApiError) -> bool {
+    matches!(
+        error,
+        StripeApiError::Unavailable { .. }
+            | StripeApiError::LimitedLocally
+            | StripeApiError::RateLimited
+    )
 }
 
 impl ResponseError for ApiError {
@@ -109,11 +119,8 @@ impl ResponseError for ApiError {
                 EnsureError::Invalid(_) | EnsureError::LivemodeMismatch { .. } => {
                     StatusCode::BAD_REQUEST
                 }
-                EnsureError::Disabled
-                | EnsureError::Store(_)
-                | EnsureError::Stripe(StripeApiError::Unavailable { .. }) => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                EnsureError::Disabled | EnsureError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+                EnsureError::Stripe(e) if stripe_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
                 EnsureError::Stripe(_) => StatusCode::BAD_GATEWAY,
                 EnsureError::Superseded { .. } => StatusCode::CONFLICT,
             },
@@ -133,7 +140,12 @@ impl ResponseError for ApiError {
         } else if let Self::Overloaded = self {
             tracing::warn!(code = self.code(), "request refused: body budget exhausted");
         } else if let Self::Ensure(cause) = self {
+            // Our own words; Stripe's status, type, code and request id, and network errors,
+            // were logged with each attempt.
             tracing::warn!(code = self.code(), reason = %cause, "ensure failed");
+            if let EnsureError::Stripe(StripeApiError::InvalidResponse(detail)) = cause {
+                tracing::warn!(detail = ?detail, "Stripe's answer is not a customer");
+            }
         } else if status == StatusCode::BAD_REQUEST || status == StatusCode::PAYLOAD_TOO_LARGE {
             tracing::warn!(code = self.code(), reason = %self, "request rejected");
         }
@@ -141,16 +153,17 @@ impl ResponseError for ApiError {
             Self::NotFound | Self::AmbiguousLivemode | Self::Unauthorized => {
                 json!({ "error": self.code() })
             }
-            // Stripe's own words, so checkout can tell a bad email from a bad key.
+            // Stripe's identifiers, so checkout can tell a bad email from a bad key; never
+            // Stripe's message, which can quote the buyer's email and part of our key.
             Self::Ensure(EnsureError::Stripe(StripeApiError::Rejected {
                 status: stripe_status,
                 kind,
                 code,
-                message,
+                param,
             })) => json!({
                 "error": self.code(),
-                "message": self.to_string(),
-                "stripe": { "status": stripe_status, "type": kind, "code": code, "message": message },
+                "message": "Stripe refused to create the customer; `stripe` holds its status, type, code and param",
+                "stripe": { "status": stripe_status, "type": kind, "code": code, "param": param },
             }),
             _ => json!({ "error": self.code(), "message": self.to_string() }),
         };

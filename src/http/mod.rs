@@ -94,7 +94,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/webhooks/stripe", web::post().to(webhook::receive))
         .route("/v1/customers", web::get().to(customers::lookup))
-        .route("/v1/customers/ensure", web::post().to(ensure::ensure))
+        .route("/v1/customers/ensure", web::post().to(ensure::counted))
         .route("/healthz", web::get().to(ops::healthz))
         .route("/readyz", web::get().to(ops::readyz))
         .route("/metrics", web::get().to(ops::metrics));

@@ -1,7 +1,12 @@
 //! Calls to Stripe's REST API: creating a customer for checkout's get-or-create.
 //!
-//! The only module that talks to Stripe. It sends one request with bounded retries and
-//! classifies the outcome; it knows nothing of our store or of our HTTP API.
+//! The only module that talks to Stripe. It sends one request with bounded retries, within
+//! the process's limits on Stripe requests (`limiter`), and classifies the outcome; it
+//! knows nothing of our store or of our HTTP API.
+//!
+//! What Stripe says stays here: its error `message` can quote the buyer's email and the
+//! tail of our key, so it is never kept. Its `type`, `code` and `param`, the status and
+//! the `Request-Id` are what callers and the log get.
 
 use std::time::Duration;
 
@@ -9,6 +14,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::limiter::{Limiter, Limits};
 use crate::domain::AccountId;
 use crate::secret::Secret;
 
@@ -63,6 +69,8 @@ pub struct StripeApiConfig {
     /// `https://api.stripe.com`, or a local fake in tests.
     pub api_base: reqwest::Url,
     pub retry: RetryPolicy,
+    /// Shared by every clone of the client built from this configuration.
+    pub limits: Limits,
 }
 
 /// Bounded retries: checkout is waiting, so a Stripe outage must answer within
@@ -88,24 +96,47 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Why Stripe did not give us a customer. Messages never contain the API key.
+/// Why Stripe did not give us a customer. Messages are our own words: they never hold the
+/// API key, Stripe's error message or a network error (those details go to the log).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StripeApiError {
     /// Stripe answered 4xx: the request cannot succeed as sent. Stripe's own `error.type`,
-    /// `error.code` and `error.message` are kept to pass on.
-    #[error("Stripe refused the request (HTTP {status}): {}", message.as_deref().unwrap_or("no message"))]
+    /// `error.code` and `error.param` are kept to pass on; its `error.message` is not.
+    #[error(
+        "Stripe refused the request (HTTP {status}, type {}, code {})",
+        shown(kind),
+        shown(code)
+    )]
     Rejected {
         status: u16,
         kind: Option<String>,
         code: Option<String>,
-        message: Option<String>,
+        param: Option<String>,
     },
     /// 5xx, connection failures and timeouts, after every attempt.
-    #[error("Stripe is unavailable after {attempts} attempt(s): {reason}")]
-    Unavailable { attempts: u32, reason: String },
+    #[error("Stripe is unavailable after {attempts} attempt(s); retry later")]
+    Unavailable { attempts: u32 },
+    /// Our own limit on requests to Stripe left no turn within the wait allowed.
+    #[error(
+        "our own limit on requests to Stripe is reached; nothing was sent to Stripe, retry shortly"
+    )]
+    LimitedLocally,
+    /// Stripe answered 429 while our own rate was used up: a retry would only wait for a
+    /// turn and meet the same limit.
+    #[error("Stripe is limiting our request rate and our own limit is reached; retry shortly")]
+    RateLimited,
     /// A 2xx whose body is not a Customer: a wrong `STRIPE_API_BASE`, or a Stripe change.
-    #[error("Stripe answered with something that is not a customer: {0}")]
+    /// The detail is for the log only: it can quote the answer.
+    #[error("Stripe answered with something that is not a customer")]
     InvalidResponse(String),
+}
+
+/// One of Stripe's identifiers in a message: escaped, so a control character cannot start
+/// a line of its own.
+fn shown(value: &Option<String>) -> String {
+    value
+        .as_deref()
+        .map_or_else(|| "none".to_owned(), |text| text.escape_debug().to_string())
 }
 
 /// What to create: the fields Stripe receives, and on whose account.
@@ -130,23 +161,33 @@ pub struct CreatedCustomer {
     pub request_id: Option<String>,
 }
 
-/// A Stripe API client. Cheap to clone.
+/// A Stripe API client. Cheap to clone; clones share one [`Limiter`].
 #[derive(Debug, Clone)]
 pub struct StripeApi {
     client: reqwest::Client,
     config: StripeApiConfig,
     livemode: bool,
+    limiter: Limiter,
 }
 
 /// One attempt's failure: either final, or worth another try.
 enum Attempt {
     Final(StripeApiError),
     /// `rejected` is what to report if this was a retryable 4xx (409, 429) and no attempt
-    /// is left.
+    /// is left; `rate_limited`: Stripe answered 429.
     Retry {
-        reason: String,
         rejected: Option<StripeApiError>,
+        rate_limited: bool,
     },
+}
+
+impl Attempt {
+    fn retry() -> Self {
+        Self::Retry {
+            rejected: None,
+            rate_limited: false,
+        }
+    }
 }
 
 impl StripeApi {
@@ -162,9 +203,16 @@ impl StripeApi {
             .map_err(|e| InvalidStripeSetting(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
             client,
+            limiter: Limiter::new(config.limits),
             config,
             livemode,
         })
+    }
+
+    /// The process's bounds on Stripe requests: other calls to Stripe's API take their
+    /// turns here too, so the process as a whole stays within them.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
     }
 
     /// The mode every request with this key acts in.
@@ -176,6 +224,10 @@ impl StripeApi {
     /// idempotency key), 429, connection errors and timeouts, as Stripe's SDKs do; a
     /// `Stripe-Should-Retry` header overrides. Safe to retry: the idempotency key makes
     /// every attempt create at most the one customer.
+    ///
+    /// Every attempt, retries included, takes its turn from the limiter first; no turn
+    /// within the wait allowed ends the call with `LimitedLocally`, and a 429 while our
+    /// own rate is used up ends it with `RateLimited`.
     pub async fn create_customer(
         &self,
         customer: &NewCustomer<'_>,
@@ -183,35 +235,65 @@ impl StripeApi {
         let policy = self.config.retry;
         let attempts = policy.attempts.max(1);
         let mut backoff = policy.backoff;
-        let mut last_reason = String::new();
         let mut last_rejected = None;
         for attempt in 1..=attempts {
-            let outcome = tokio::time::timeout(policy.timeout, self.attempt(customer)).await;
+            let Ok(permit) = self.limiter.acquire().await else {
+                crate::metrics::stripe_request("limited_locally");
+                tracing::warn!(
+                    attempt,
+                    attempts,
+                    "Stripe request not sent: our own limit on requests to Stripe is reached"
+                );
+                return Err(StripeApiError::LimitedLocally);
+            };
+            let outcome =
+                tokio::time::timeout(policy.timeout, self.attempt(customer, attempt, attempts))
+                    .await;
+            drop(permit);
             match outcome {
                 Ok(Ok(created)) => return Ok(created),
                 Ok(Err(Attempt::Final(error))) => return Err(error),
-                Ok(Err(Attempt::Retry { reason, rejected })) => {
-                    last_reason = reason;
+                Ok(Err(Attempt::Retry {
+                    rejected,
+                    rate_limited,
+                })) => {
+                    if rate_limited && self.limiter.saturated() {
+                        tracing::warn!(
+                            attempt,
+                            attempts,
+                            "not retrying: Stripe answered 429 and our own rate limit is used up"
+                        );
+                        return Err(StripeApiError::RateLimited);
+                    }
                     last_rejected = rejected;
                 }
                 Err(_) => {
-                    last_reason = format!("no complete answer within {:?}", policy.timeout);
+                    crate::metrics::stripe_request("timeout");
+                    tracing::warn!(
+                        attempt,
+                        attempts,
+                        timeout = ?policy.timeout,
+                        "Stripe request failed: no complete answer in time"
+                    );
                     last_rejected = None;
                 }
             }
-            tracing::warn!(attempt, attempts, reason = %last_reason, "Stripe request failed");
             if attempt < attempts {
                 tokio::time::sleep(backoff).await;
                 backoff = backoff.saturating_mul(2);
             }
         }
-        Err(last_rejected.unwrap_or(StripeApiError::Unavailable {
-            attempts,
-            reason: last_reason,
-        }))
+        Err(last_rejected.unwrap_or(StripeApiError::Unavailable { attempts }))
     }
 
-    async fn attempt(&self, customer: &NewCustomer<'_>) -> Result<CreatedCustomer, Attempt> {
+    /// One request. Counts its outcome and logs a failure: the network error chain
+    /// escaped, or Stripe's status, `type`, `code` and `Request-Id` (never its message).
+    async fn attempt(
+        &self,
+        customer: &NewCustomer<'_>,
+        attempt: u32,
+        attempts: u32,
+    ) -> Result<CreatedCustomer, Attempt> {
         let mut form = vec![("email", customer.email)];
         if let Some(name) = customer.name {
             form.push(("name", name));
@@ -230,71 +312,113 @@ impl StripeApi {
         if let Some(account) = customer.on_behalf_of {
             request = request.header("Stripe-Account", account.as_str());
         }
-        let response = request.send().await.map_err(|e| Attempt::Retry {
-            reason: format!("cannot reach Stripe: {}", without_url(&e)),
-            rejected: None,
-        })?;
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                crate::metrics::stripe_request(if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "network_error"
+                });
+                // Debug formatting escapes the chain: its text is not ours.
+                tracing::warn!(attempt, attempts, error = ?error_chain(&e), "Stripe request failed");
+                return Err(Attempt::retry());
+            }
+        };
         let status = response.status();
         let request_id = header_text(&response, "request-id");
         let should_retry = header_text(&response, "stripe-should-retry");
-        let body = read_limited(response).await?;
+        let body = match read_limited(response).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => {
+                crate::metrics::stripe_request("invalid_response");
+                return Err(Attempt::Final(StripeApiError::InvalidResponse(format!(
+                    "answer larger than {MAX_RESPONSE_BYTES} bytes"
+                ))));
+            }
+            Err(BodyError::Cut(e)) => {
+                crate::metrics::stripe_request("network_error");
+                tracing::warn!(
+                    attempt, attempts, status = status.as_u16(), request_id = ?request_id,
+                    error = ?error_chain(&e), "Stripe's answer was cut short"
+                );
+                return Err(Attempt::retry());
+            }
+        };
         if status.is_success() {
-            return parse_customer(&body, request_id).map_err(Attempt::Final);
+            let parsed = parse_customer(&body, request_id);
+            crate::metrics::stripe_request(if parsed.is_ok() {
+                "ok"
+            } else {
+                "invalid_response"
+            });
+            return parsed.map_err(Attempt::Final);
         }
+        let details = self.error_details(&body);
+        crate::metrics::stripe_request(match status.as_u16() {
+            429 => "rate_limited",
+            400..=499 => "rejected",
+            500..=599 => "server_error",
+            _ => "invalid_response",
+        });
+        tracing::warn!(
+            attempt,
+            attempts,
+            status = status.as_u16(),
+            stripe_type = ?details.kind.as_deref().unwrap_or_default(),
+            stripe_code = ?details.code.as_deref().unwrap_or_default(),
+            request_id = ?request_id.as_deref().unwrap_or_default(),
+            "Stripe answered with an error"
+        );
         let retry = match should_retry.as_deref() {
             Some("true") => true,
             Some("false") => false,
             _ => status.is_server_error() || status.as_u16() == 409 || status.as_u16() == 429,
         };
-        let reason = format!("HTTP {status}");
-        let error = if status.is_client_error() {
-            Some(self.rejected(status.as_u16(), &body))
-        } else {
-            None
-        };
+        let error = status.is_client_error().then(|| StripeApiError::Rejected {
+            status: status.as_u16(),
+            kind: details.kind,
+            code: details.code,
+            param: details.param,
+        });
         match (retry, error) {
-            (true, rejected) => Err(Attempt::Retry { reason, rejected }),
+            (true, rejected) => Err(Attempt::Retry {
+                rejected,
+                rate_limited: status.as_u16() == 429,
+            }),
             (false, Some(error)) => Err(Attempt::Final(error)),
-            (false, None) => Err(Attempt::Final(StripeApiError::Unavailable {
-                attempts: 1,
-                reason,
-            })),
+            (false, None) => Err(Attempt::Final(StripeApiError::Unavailable { attempts: 1 })),
         }
     }
 
-    /// Stripe's error object, with the key masked should a message ever quote it.
-    fn rejected(&self, status: u16, body: &[u8]) -> StripeApiError {
+    /// Stripe's error object without its `message`, with the key masked should any field
+    /// ever quote it.
+    fn error_details(&self, body: &[u8]) -> ErrorDetails {
         #[derive(Deserialize)]
         struct Envelope {
-            error: Option<Details>,
-        }
-        #[derive(Deserialize)]
-        struct Details {
-            #[serde(rename = "type")]
-            kind: Option<String>,
-            code: Option<String>,
-            message: Option<String>,
+            error: Option<ErrorDetails>,
         }
         let details = serde_json::from_slice::<Envelope>(body)
             .ok()
-            .and_then(|envelope| envelope.error);
+            .and_then(|envelope| envelope.error)
+            .unwrap_or_default();
         let key = self.config.secret_key.expose();
-        let mask = |text: String| text.replace(key, "<redacted>");
-        match details {
-            Some(details) => StripeApiError::Rejected {
-                status,
-                kind: details.kind.map(mask),
-                code: details.code.map(mask),
-                message: details.message.map(mask),
-            },
-            None => StripeApiError::Rejected {
-                status,
-                kind: None,
-                code: None,
-                message: None,
-            },
+        let mask = |text: Option<String>| text.map(|text| text.replace(key, "<redacted>"));
+        ErrorDetails {
+            kind: mask(details.kind),
+            code: mask(details.code),
+            param: mask(details.param),
         }
     }
+}
+
+/// The fields of Stripe's error object we keep. `message` is not read at all.
+#[derive(Debug, Default, Deserialize)]
+struct ErrorDetails {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    code: Option<String>,
+    param: Option<String>,
 }
 
 fn header_text(response: &reqwest::Response, name: &str) -> Option<String> {
@@ -305,8 +429,9 @@ fn header_text(response: &reqwest::Response, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// A reqwest error without its URL: the base is not secret, but the reason reads better.
-fn without_url(error: &reqwest::Error) -> String {
+/// A reqwest error and its causes, without the URL: the base is not secret, but the
+/// reason reads better.
+fn error_chain(error: &reqwest::Error) -> String {
     let mut text = if error.is_connect() {
         "connection failed".to_owned()
     } else if error.is_timeout() {
@@ -323,25 +448,23 @@ fn without_url(error: &reqwest::Error) -> String {
     text
 }
 
-async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, Attempt> {
+enum BodyError {
+    TooLarge,
+    Cut(reqwest::Error),
+}
+
+async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, BodyError> {
     let mut body = Vec::new();
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                    return Err(Attempt::Final(StripeApiError::InvalidResponse(format!(
-                        "answer larger than {MAX_RESPONSE_BYTES} bytes"
-                    ))));
+                    return Err(BodyError::TooLarge);
                 }
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(body),
-            Err(e) => {
-                return Err(Attempt::Retry {
-                    reason: format!("answer cut short: {}", without_url(&e)),
-                    rejected: None,
-                })
-            }
+            Err(e) => return Err(BodyError::Cut(e)),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! What Stripe sends (signed deliveries and event envelopes) and the one call we make to
-//! Stripe's API (`api`). Nothing here knows about our HTTP API or storage.
+//! Stripe's API (`api`), within the process's bounds on such calls (`limiter`). Nothing
+//! here knows about our HTTP API or storage.
 
 pub mod api;
 pub mod event;
+pub mod limiter;
 pub mod signature;

@@ -1,6 +1,9 @@
 //! `POST /v1/customers/ensure` and the `ensure` command, against a local fake Stripe API.
 
-use std::time::Duration;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -9,9 +12,10 @@ use stripe_projector::ensure::{api_event_id, idempotency_key};
 use stripe_projector::projection::ReadModel;
 use stripe_projector::store::{ProjectedCustomer, Store};
 use stripe_projector::stripe::event::{self, Delivery};
+use stripe_projector::stripe::limiter::Limits;
 
 use crate::fake_stripe::{Behavior, FakeStripe, LIVE_KEY, TEST_KEY};
-use crate::helpers::{into_json, AppConfig, Backend, TestApp, TestDb, PLATFORM};
+use crate::helpers::{into_json, metric, AppConfig, Backend, TestApp, TestDb, PLATFORM};
 use crate::process::{command, serve_command, Served};
 
 const A: &str = "acct_1OrganizerAaaaaaa";
@@ -31,15 +35,58 @@ async fn ensure(app: &TestApp, body: &Value) -> (StatusCode, Value) {
 }
 
 async fn ensure_raw(app: &TestApp, body: String) -> (StatusCode, Value) {
-    let response = app
-        .client
-        .post(format!("{}/v1/customers/ensure", app.base))
+    ensure_at(&app.client, &app.base, body).await
+}
+
+async fn ensure_at(client: &reqwest::Client, base: &str, body: String) -> (StatusCode, Value) {
+    let response = client
+        .post(format!("{base}/v1/customers/ensure"))
         .header("Content-Type", "application/json")
         .body(body)
         .send()
         .await
         .expect("ensure request");
     into_json(response).await
+}
+
+/// Waits, polling, until `condition` holds; panics after 30 s.
+async fn wait_for(condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(Instant::now() < deadline, "condition not reached in 30 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn app_with_limits(backend: Backend, fake: &FakeStripe, limits: Limits) -> TestApp {
+    let mut stripe_api = fake.config(TEST_KEY);
+    stripe_api.limits = limits;
+    let config = AppConfig {
+        stripe_api: Some(stripe_api),
+        ..AppConfig::default()
+    };
+    TestApp::spawn_with(backend, config).await
+}
+
+/// `serve` (the real binary) creating customers through `api_base`, its log in `log`.
+fn serve_with_stripe(db: &TestDb, api_base: &str, log: &Path, settings: &[(&str, &str)]) -> Served {
+    let mut command = serve_command(&db.url);
+    command
+        .env("STRIPE_SECRET_KEY", TEST_KEY)
+        .env("STRIPE_API_BASE", api_base)
+        .env("STRIPE_API_TIMEOUT_SECS", "5")
+        .stderr(Stdio::from(std::fs::File::create(log).unwrap()));
+    for (name, value) in settings {
+        command.env(name, value);
+    }
+    Served::spawn(command)
+}
+
+/// Stops `serve` and returns everything it logged.
+fn stop_and_read_log(mut served: Served, log: &Path) -> String {
+    served.terminate();
+    assert!(served.wait_exit(Duration::from_secs(30)).is_some());
+    std::fs::read_to_string(log).unwrap()
 }
 
 fn key_of(account: &str, livemode: bool, email: &str) -> String {
@@ -192,14 +239,28 @@ async fn idempotency_key_is_one_per_account_mode_and_normalized_email(backend: B
 
 async fn fifty_concurrent_ensures_make_one_stripe_request_and_get_one_id(backend: Backend) {
     let fake = FakeStripe::start().await;
-    // Stripe takes a while, so every caller arrives while the first is still creating.
-    fake.set(Behavior::Create {
-        delay: Duration::from_millis(300),
-    });
+    // Stripe holds its answer until every caller is waiting for the first one's creation.
+    fake.hold();
     let app = app_with(backend, &fake, TEST_KEY).await;
     let body = json!({"account": A, "email": ADA, "livemode": false});
+    let answered = AtomicUsize::new(0);
+    let callers = (0..50).map(|_| async {
+        let answer = ensure(&app, &body).await;
+        answered.fetch_add(1, Ordering::SeqCst);
+        answer
+    });
+    let release = async {
+        fake.wait_in_flight(1).await;
+        wait_for(|| app.ensurer.callers_in_flight() == 50).await;
+        assert_eq!(
+            answered.load(Ordering::SeqCst),
+            0,
+            "every caller was waiting"
+        );
+        fake.release();
+    };
 
-    let answers = futures_util::future::join_all((0..50).map(|_| ensure(&app, &body))).await;
+    let (answers, ()) = tokio::join!(futures_util::future::join_all(callers), release);
 
     assert_eq!(fake.requests().len(), 1);
     let ids: Vec<&Value> = answers
@@ -416,14 +477,12 @@ async fn stripe_4xx_is_502_with_stripes_error_and_never_the_key(backend: Backend
 
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(body["error"], "stripe_error");
-    assert_eq!(body["stripe"]["status"], 400);
-    assert_eq!(body["stripe"]["type"], "invalid_request_error");
-    assert_eq!(body["stripe"]["code"], "email_invalid");
-    assert!(body["stripe"]["message"]
-        .as_str()
-        .unwrap()
-        .starts_with("Invalid email address"));
+    assert_eq!(
+        body["stripe"],
+        json!({"status": 400, "type": "invalid_request_error", "code": "email_invalid", "param": "email"})
+    );
     assert!(!body.to_string().contains(TEST_KEY), "{body}");
+    assert!(!body.to_string().contains("Invalid email"), "{body}");
     assert_eq!(fake.requests().len(), 1, "a 4xx is not retried");
     assert_eq!(app.store.status().await.unwrap().events, 0);
 }
@@ -449,18 +508,15 @@ async fn stripe_5xx_is_retried_then_503_stripe_unavailable(backend: Backend) {
     assert_eq!(app.customer_id(A, ADA, false).await, None);
 
     // Stripe recovers: the next call creates the customer.
-    fake.set(Behavior::Create {
-        delay: Duration::ZERO,
-    });
+    fake.set(Behavior::Create);
     let (status, _) = ensure(&app, &json!({"account": A, "email": ADA})).await;
     assert_eq!(status, StatusCode::CREATED);
 }
 
 async fn stripe_timeouts_are_retried_then_503_stripe_unavailable(backend: Backend) {
     let fake = FakeStripe::start().await;
-    fake.set(Behavior::Create {
-        delay: Duration::from_secs(5),
-    });
+    // Never answered.
+    fake.hold();
     let config = AppConfig {
         stripe_api: Some(fake.config_with(TEST_KEY, Duration::from_millis(200))),
         ..AppConfig::default()
@@ -852,11 +908,367 @@ async fn ensure_command_prints_the_body_and_exits_by_outcome(backend: Backend) {
 
     fake.set(Behavior::Fail {
         status: 402,
-        body: json!({"error": {"type": "card_error", "code": "x", "message": "refused"}}),
+        body: stripe_error_quoting(ADA),
     });
     let refused = run(&["--account", B, "--email", ADA], Some(TEST_KEY)).await;
-    assert!(one_line(&refused, 1).contains("refused"));
+    let text = one_line(&refused, 1);
+    assert!(text.contains("email_invalid"), "{text}");
+    for private in [STRIPE_SAYS, MASKED_KEY, ADA] {
+        assert!(!text.contains(private), "{private} in {text}");
+    }
     assert!(refused.stdout.is_empty());
+}
+
+/// Words only Stripe's error message holds.
+const STRIPE_SAYS: &str = "Zebrafinch says no";
+/// How Stripe quotes the tail of a key in its messages.
+const MASKED_KEY: &str = "sk_test_****abcd";
+
+/// A Stripe error whose message quotes the buyer's email and a masked key.
+fn stripe_error_quoting(email: &str) -> Value {
+    json!({"error": {
+        "type": "invalid_request_error", "code": "email_invalid", "param": "email",
+        "message": format!("{STRIPE_SAYS}: {email} is invalid (key {MASKED_KEY})"),
+        "doc_url": "https://stripe.com/docs/error-codes/email-invalid"
+    }})
+}
+
+/// Many buyers at once: Stripe never sees more requests in flight than the limit, and
+/// every caller still gets its customer.
+async fn distinct_emails_at_once_never_exceed_the_concurrency_limit(backend: Backend) {
+    let fake = FakeStripe::start().await;
+    fake.hold();
+    let limits = Limits {
+        concurrency: 3,
+        rate: 1_000,
+        max_wait: Duration::from_secs(60),
+    };
+    let app = app_with_limits(backend, &fake, limits).await;
+    let callers = (0..10).map(|i| {
+        let body = json!({"account": A, "email": format!("buyer{i}@example.com")});
+        let app = &app;
+        async move { ensure(app, &body).await }
+    });
+    let release = async {
+        fake.wait_in_flight(3).await;
+        fake.release();
+    };
+
+    let (answers, ()) = tokio::join!(futures_util::future::join_all(callers), release);
+
+    for (status, body) in &answers {
+        assert_eq!(*status, StatusCode::CREATED, "{body}");
+    }
+    assert_eq!(fake.requests().len(), 10);
+    assert_eq!(fake.max_in_flight(), 3);
+}
+
+/// Stripe never gets more than the rate in one second, retries included.
+async fn the_rate_limit_holds_in_every_one_second_window(backend: Backend) {
+    let fake = FakeStripe::start().await;
+    let limits = Limits {
+        concurrency: 100,
+        rate: 2,
+        max_wait: Duration::from_secs(60),
+    };
+    let app = app_with_limits(backend, &fake, limits).await;
+    let callers = (0..6).map(|i| {
+        let body = json!({"account": A, "email": format!("buyer{i}@example.com")});
+        let app = &app;
+        async move { ensure(app, &body).await }
+    });
+
+    let answers = futures_util::future::join_all(callers).await;
+
+    for (status, body) in &answers {
+        assert_eq!(*status, StatusCode::CREATED, "{body}");
+    }
+    assert_eq!(fake.requests().len(), 6);
+    // Our limiter spaces starts by whole seconds; the loopback hop and the waking of a
+    // task may move an arrival by a few milliseconds, so the window measured at the fake
+    // allows for that.
+    let window = Duration::from_millis(900);
+    assert_eq!(fake.max_arrivals_within(window), 2);
+
+    // Retries take their turn too: three attempts at 2 per second span over a second.
+    fake.set(Behavior::Fail {
+        status: 500,
+        body: json!({"error": {"type": "api_error"}}),
+    });
+    let before = fake.requests().len();
+    let (status, _) = ensure(&app, &json!({"account": B, "email": ADA})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(fake.requests().len() - before, 3);
+    assert_eq!(fake.max_arrivals_within(window), 2);
+}
+
+/// A 429 while our own rate is used up is not retried: a retry would wait for a turn and
+/// meet Stripe's limit again. Checkout gets a 503 at once.
+async fn a_429_while_our_rate_is_used_up_is_not_retried_and_is_503(backend: Backend) {
+    let fake = FakeStripe::start().await;
+    fake.set(Behavior::Fail {
+        status: 429,
+        body: json!({"error": {"type": "invalid_request_error", "code": "rate_limit", "message": "Too many requests"}}),
+    });
+    let limits = Limits {
+        rate: 1,
+        ..Limits::default()
+    };
+    let app = app_with_limits(backend, &fake, limits).await;
+
+    let (status, body) = ensure(&app, &json!({"account": A, "email": ADA})).await;
+
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "stripe_unavailable");
+    assert!(
+        body["message"].as_str().unwrap().contains("limit"),
+        "{body}"
+    );
+    assert_eq!(fake.requests().len(), 1, "not retried");
+}
+
+/// When no turn can be had within the wait allowed, nothing is sent and checkout hears
+/// that our own limit was reached.
+async fn no_turn_within_the_wait_allowed_is_503_and_sends_nothing(backend: Backend) {
+    let fake = FakeStripe::start().await;
+    fake.hold();
+    let limits = Limits {
+        concurrency: 1,
+        rate: 1_000,
+        max_wait: Duration::from_millis(200),
+    };
+    let app = app_with_limits(backend, &fake, limits).await;
+    let first = async { ensure(&app, &json!({"account": A, "email": "first@example.com"})).await };
+    let second = async {
+        fake.wait_in_flight(1).await;
+        let answer = ensure(&app, &json!({"account": A, "email": "second@example.com"})).await;
+        fake.release();
+        answer
+    };
+
+    let ((first_status, _), (status, body)) = tokio::join!(first, second);
+
+    assert_eq!(first_status, StatusCode::CREATED);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "stripe_unavailable");
+    assert_eq!(
+        body["message"],
+        "our own limit on requests to Stripe is reached; nothing was sent to Stripe, retry shortly"
+    );
+    assert_eq!(fake.requests().len(), 1);
+}
+
+/// Stripe's message quotes the buyer's email and a masked key: neither the client nor
+/// the log of the real binary sees it. The log keeps Stripe's status, type, code and
+/// request id, escaped so Stripe's text cannot start a log line of its own.
+async fn stripes_message_reaches_neither_the_client_nor_the_log(backend: Backend) {
+    let fake = FakeStripe::start().await;
+    fake.set(Behavior::Fail {
+        status: 400,
+        body: stripe_error_quoting(ADA),
+    });
+    let db = TestDb::create(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve.log");
+    let served = serve_with_stripe(&db, &fake.base, &log, &[]);
+    let client = reqwest::Client::new();
+
+    let (status, body) = ensure_at(
+        &client,
+        &served.base,
+        json!({"account": A, "email": ADA}).to_string(),
+    )
+    .await;
+    fake.set(Behavior::Fail {
+        status: 400,
+        body: json!({"error": {"type": "invalid_request_error", "code": "odd\nERROR forged line"}}),
+    });
+    let (forged_status, _) = ensure_at(
+        &client,
+        &served.base,
+        json!({"account": B, "email": ADA}).to_string(),
+    )
+    .await;
+    let logged = stop_and_read_log(served, &log);
+
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        body,
+        json!({
+            "error": "stripe_error",
+            "message": "Stripe refused to create the customer; `stripe` holds its status, type, code and param",
+            "stripe": {"status": 400, "type": "invalid_request_error", "code": "email_invalid", "param": "email"}
+        })
+    );
+    assert_eq!(forged_status, StatusCode::BAD_GATEWAY);
+    for private in [STRIPE_SAYS, MASKED_KEY, ADA, TEST_KEY] {
+        assert!(!logged.contains(private), "{private} in the log:\n{logged}");
+    }
+    for kept in [
+        "email_invalid",
+        "invalid_request_error",
+        "req_fake_failure",
+        "status=400",
+    ] {
+        assert!(logged.contains(kept), "{kept} not in the log:\n{logged}");
+    }
+    assert!(
+        logged.lines().all(|line| !line.starts_with("ERROR forged")),
+        "{logged}"
+    );
+}
+
+/// A connection that cannot be made: why goes to the log, escaped; the client only hears
+/// that Stripe is unavailable.
+async fn a_network_error_goes_to_the_log_and_never_to_the_client(backend: Backend) {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let db = TestDb::create(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve.log");
+    let served = serve_with_stripe(&db, &format!("http://127.0.0.1:{port}"), &log, &[]);
+
+    let (status, body) = ensure_at(
+        &reqwest::Client::new(),
+        &served.base,
+        json!({"account": A, "email": ADA}).to_string(),
+    )
+    .await;
+    let logged = stop_and_read_log(served, &log);
+
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        body,
+        json!({"error": "stripe_unavailable", "message": "Stripe is unavailable after 3 attempt(s); retry later"})
+    );
+    let refused = logged
+        .lines()
+        .filter(|line| {
+            line.contains("Stripe request failed") && line.contains("Connection refused")
+        })
+        .count();
+    assert_eq!(refused, 3, "one line per attempt:\n{logged}");
+    assert!(
+        logged.contains("error=\"connection failed: "),
+        "escaped as text:\n{logged}"
+    );
+}
+
+/// A fresh process has a registry of its own, so the counts are exact.
+async fn ensure_and_stripe_request_metrics_count_outcomes_exactly(backend: Backend) {
+    let fake = FakeStripe::start().await;
+    let db = TestDb::create(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve.log");
+    let served = serve_with_stripe(&db, &fake.base, &log, &[("STRIPE_API_CONCURRENCY", "1")]);
+    let client = reqwest::Client::new();
+    let call = |body: Value| ensure_at(&client, &served.base, body.to_string());
+    let outcome = |(status, body): (StatusCode, Value)| match status {
+        StatusCode::CREATED => "created".to_owned(),
+        StatusCode::OK => "found".to_owned(),
+        _ => body["error"].as_str().unwrap().to_owned(),
+    };
+    let metrics = || async {
+        client
+            .get(format!("{}/metrics", served.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let before = metrics().await;
+
+    let mut outcomes = vec![
+        outcome(call(json!({"account": A, "email": ADA})).await),
+        outcome(call(json!({"account": A, "email": ADA})).await),
+        outcome(call(json!({"account": A})).await),
+        outcome(call(json!({"account": A, "email": ADA, "livemode": true})).await),
+    ];
+    fake.set(Behavior::Fail {
+        status: 400,
+        body: stripe_error_quoting(ADA),
+    });
+    outcomes.push(outcome(call(json!({"account": B, "email": ADA})).await));
+    fake.set(Behavior::Fail {
+        status: 500,
+        body: json!({"error": {"type": "api_error"}}),
+    });
+    outcomes.push(outcome(call(json!({"account": B, "email": ADA})).await));
+    fake.set(Behavior::Fail {
+        status: 429,
+        body: json!({"error": {"type": "invalid_request_error", "code": "rate_limit"}}),
+    });
+    outcomes.push(outcome(call(json!({"account": B, "email": ADA})).await));
+    // One request held at Stripe takes the only place in flight: the next caller waits
+    // its second, then is refused without sending anything.
+    fake.set(Behavior::Create);
+    fake.hold();
+    let held = call(json!({"account": B, "email": "held@example.com"}));
+    let refused = async {
+        fake.wait_in_flight(1).await;
+        let answer = call(json!({"account": B, "email": "refused@example.com"})).await;
+        fake.release();
+        answer
+    };
+    let (held, refused) = tokio::join!(held, refused);
+    outcomes.push(outcome(held));
+    outcomes.push(outcome(refused));
+    let after = metrics().await;
+    drop(served);
+
+    assert_eq!(
+        outcomes,
+        [
+            "created",
+            "found",
+            "invalid_request",
+            "livemode_mismatch",
+            "stripe_error",
+            "stripe_unavailable",
+            "stripe_error",
+            "created",
+            "stripe_unavailable"
+        ]
+    );
+    let count = |text: &str, series: String| {
+        metric(text, &series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    for (outcome, expected) in [
+        ("found", 1.0),
+        ("created", 2.0),
+        ("invalid_request", 1.0),
+        ("invalid_payload", 0.0),
+        ("payload_too_large", 0.0),
+        ("unauthorized", 0.0),
+        ("livemode_mismatch", 1.0),
+        ("ensure_disabled", 0.0),
+        ("stripe_error", 2.0),
+        ("stripe_unavailable", 2.0),
+        ("store_unavailable", 0.0),
+        ("customer_superseded", 0.0),
+    ] {
+        let series = format!(r#"stripe_projector_ensure_total{{outcome="{outcome}"}}"#);
+        assert_eq!(count(&before, series.clone()), 0.0, "{series}");
+        assert_eq!(count(&after, series.clone()), expected, "{series}");
+    }
+    for (outcome, expected) in [
+        ("ok", 2.0),
+        ("rejected", 1.0),
+        ("rate_limited", 3.0),
+        ("server_error", 3.0),
+        ("network_error", 0.0),
+        ("timeout", 0.0),
+        ("invalid_response", 0.0),
+        ("limited_locally", 1.0),
+    ] {
+        let series = format!(r#"stripe_projector_stripe_requests_total{{outcome="{outcome}"}}"#);
+        assert_eq!(count(&before, series.clone()), 0.0, "{series}");
+        assert_eq!(count(&after, series.clone()), expected, "{series}");
+    }
+    assert_eq!(fake.requests().len(), 9);
 }
 
 on_both_backends!(
@@ -879,4 +1291,11 @@ on_both_backends!(
     without_an_ensure_token_a_loopback_client_needs_none,
     serve_beyond_loopback_with_a_stripe_key_needs_an_ensure_token,
     ensure_command_prints_the_body_and_exits_by_outcome,
+    distinct_emails_at_once_never_exceed_the_concurrency_limit,
+    the_rate_limit_holds_in_every_one_second_window,
+    a_429_while_our_rate_is_used_up_is_not_retried_and_is_503,
+    no_turn_within_the_wait_allowed_is_503_and_sends_nothing,
+    stripes_message_reaches_neither_the_client_nor_the_log,
+    a_network_error_goes_to_the_log_and_never_to_the_client,
+    ensure_and_stripe_request_metrics_count_outcomes_exactly,
 );

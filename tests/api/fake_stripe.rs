@@ -1,17 +1,21 @@
 //! A local stand-in for Stripe's API: an HTTP server on 127.0.0.1:<free port> that
 //! records every request and answers `POST /v1/customers` the way Stripe does (including
-//! idempotency keys), or fails as a test tells it to.
+//! idempotency keys), or fails as a test tells it to. A test can hold its answers until it
+//! releases them, and read how many requests were in flight at once and how many arrived
+//! close together.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::{json, Value};
 use stripe_projector::secret::Secret;
 use stripe_projector::stripe::api::{parse_api_base, RetryPolicy, StripeApiConfig};
+use stripe_projector::stripe::limiter::Limits;
+use tokio::sync::watch;
 
 pub const TEST_KEY: &str = "sk_test_51FakeKeyForTheSuite0000000000";
 pub const LIVE_KEY: &str = "sk_live_51FakeKeyForTheSuite0000000000";
@@ -24,6 +28,8 @@ pub struct Recorded {
     /// Lowercase names.
     pub headers: HashMap<String, String>,
     pub form: Vec<(String, String)>,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 impl Recorded {
@@ -40,29 +46,42 @@ impl Recorded {
 }
 
 /// How the fake answers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub enum Behavior {
-    /// Create (or, for a seen idempotency key, repeat) a customer after `delay`.
-    Create { delay: Duration },
+    /// Create (or, for a seen idempotency key, repeat) a customer.
+    #[default]
+    Create,
     /// Answer every request with this status and body.
     Fail { status: u16, body: Value },
 }
 
-impl Default for Behavior {
-    fn default() -> Self {
-        Self::Create {
-            delay: Duration::ZERO,
-        }
-    }
-}
-
-#[derive(Default)]
 struct State {
     requests: Mutex<Vec<Recorded>>,
     behavior: Mutex<Behavior>,
     /// Idempotency key -> the customer first created with it, as Stripe keeps them.
     by_key: Mutex<HashMap<String, Value>>,
     created: AtomicUsize,
+    /// False while answers are held.
+    open: watch::Sender<bool>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+/// Counts a request in flight until its answer is ready (or the client went away).
+struct InFlight<'a>(&'a State);
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a State) -> Self {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub struct FakeStripe {
@@ -72,7 +91,15 @@ pub struct FakeStripe {
 
 impl FakeStripe {
     pub async fn start() -> Self {
-        let state = Arc::new(State::default());
+        let state = Arc::new(State {
+            requests: Mutex::default(),
+            behavior: Mutex::default(),
+            by_key: Mutex::default(),
+            created: AtomicUsize::new(0),
+            open: watch::Sender::new(true),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+        });
         let data = web::Data::from(state.clone());
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake");
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -98,6 +125,54 @@ impl FakeStripe {
         self.state.requests.lock().unwrap().clone()
     }
 
+    /// From now on, requests wait for [`FakeStripe::release`] before they are answered.
+    pub fn hold(&self) {
+        self.state.open.send_replace(false);
+    }
+
+    /// Answers every held request, and the later ones at once.
+    pub fn release(&self) {
+        self.state.open.send_replace(true);
+    }
+
+    /// Requests received and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most requests ever in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most requests that arrived within any span shorter than `window`.
+    pub fn max_arrivals_within(&self, window: Duration) -> usize {
+        let mut arrivals: Vec<Instant> = self.requests().iter().map(|r| r.at).collect();
+        arrivals.sort();
+        (0..arrivals.len())
+            .map(|i| {
+                arrivals[i..]
+                    .iter()
+                    .take_while(|at| **at - arrivals[i] < window)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Waits, polling, until at least `count` requests are in flight; panics after 30 s.
+    pub async fn wait_in_flight(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.in_flight() < count {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {count} requests in flight",
+                self.in_flight()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// The customer the fake created under an idempotency key.
     pub fn customer_for_key(&self, key: &str) -> Option<Value> {
         self.state.by_key.lock().unwrap().get(key).cloned()
@@ -117,11 +192,14 @@ impl FakeStripe {
                 backoff: Duration::from_millis(10),
                 timeout,
             },
+            limits: Limits::default(),
         }
     }
 }
 
 async fn answer(request: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
+    let _in_flight = InFlight::enter(&state);
+    let at = Instant::now();
     let headers = request
         .headers()
         .iter()
@@ -142,8 +220,11 @@ async fn answer(request: HttpRequest, body: web::Bytes, state: web::Data<State>)
         path: request.path().to_owned(),
         headers,
         form,
+        at,
     };
     state.requests.lock().unwrap().push(recorded.clone());
+    // Held until released; the sender lives as long as the state, so this cannot fail.
+    let _ = state.open.subscribe().wait_for(|open| *open).await;
     let behavior = state.behavior.lock().unwrap().clone();
     match behavior {
         Behavior::Fail { status, body } => {
@@ -151,9 +232,7 @@ async fn answer(request: HttpRequest, body: web::Bytes, state: web::Data<State>)
                 .insert_header(("Request-Id", "req_fake_failure"))
                 .json(body)
         }
-        Behavior::Create { delay } => {
-            // The only sleep of the suite's timing tests: the fake is slow, not the test.
-            tokio::time::sleep(delay).await;
+        Behavior::Create => {
             let customer = create(&state, &recorded);
             HttpResponse::Ok()
                 .insert_header(("Request-Id", "req_fake_create"))

@@ -322,6 +322,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub store: Store,
     pub db: TestDb,
+    /// The server's get-or-create (a clone sharing its flights).
+    pub ensurer: Ensurer,
 }
 
 impl TestApp {
@@ -351,6 +353,7 @@ impl TestApp {
             ensure: Ensurer::new(stripe, platform),
             body_budget: BodyBudget::new(config.max_body_bytes_in_flight),
         };
+        let ensurer = state.ensure.clone();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let base = format!("http://{}", listener.local_addr().unwrap());
         let options = ServerOptions {
@@ -365,6 +368,7 @@ impl TestApp {
             client: reqwest::Client::new(),
             store,
             db,
+            ensurer,
         }
     }
 

@@ -23,6 +23,8 @@ pub fn command(database_url: &str) -> Command {
         "STRIPE_SECRET_KEY",
         "STRIPE_API_BASE",
         "STRIPE_API_TIMEOUT_SECS",
+        "STRIPE_API_CONCURRENCY",
+        "STRIPE_API_RATE",
         "LOG_FORMAT",
         "RUST_LOG",
         "SHUTDOWN_TIMEOUT_SECS",
