@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::fake_stripe::{FakeStripe, TEST_KEY};
-use crate::helpers::{created, encode, AppConfig, Backend, TestApp};
+use crate::helpers::{created, encode, into_json, AppConfig, Backend, TestApp};
 
 const A: &str = "acct_1OrganizerAaaaaaa";
 /// KELVIN SIGN: Unicode lowercases it to an ASCII `k`.
@@ -17,6 +17,27 @@ async fn lookup(app: &TestApp, email: &str) -> (StatusCode, serde_json::Value) {
         encode(email)
     ))
     .await
+}
+
+async fn app_with_fake_stripe(backend: Backend) -> (FakeStripe, TestApp) {
+    let fake = FakeStripe::start().await;
+    let config = AppConfig {
+        stripe_api: Some(fake.config(TEST_KEY)),
+        ..AppConfig::default()
+    };
+    (fake, TestApp::spawn_with(backend, config).await)
+}
+
+async fn post_ensure(app: &TestApp, body: &serde_json::Value) -> (StatusCode, serde_json::Value) {
+    let response = app
+        .client
+        .post(format!("{}/v1/customers/ensure", app.base))
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("ensure");
+    into_json(response).await
 }
 
 async fn a_lookalike_address_never_finds_another_customer(backend: Backend) {
@@ -57,31 +78,18 @@ async fn a_lookalike_address_never_finds_another_customer(backend: Backend) {
 }
 
 async fn ensure_for_a_lookalike_address_creates_its_own_customer(backend: Backend) {
-    let fake = FakeStripe::start().await;
-    let app = TestApp::spawn_with(
-        backend,
-        AppConfig {
-            stripe_api: Some(fake.config(TEST_KEY)),
-            ..AppConfig::default()
-        },
-    )
-    .await;
+    let (fake, app) = app_with_fake_stripe(backend).await;
     let (status, _) = app
         .deliver_json(&created("evt_k", A, "cus_k", "k@x.io", 100))
         .await;
     assert_eq!(status, StatusCode::OK);
 
-    let response = app
-        .client
-        .post(format!("{}/v1/customers/ensure", app.base))
-        .header("Content-Type", "application/json")
-        .body(json!({"account": A, "email": KELVIN, "livemode": false}).to_string())
-        .send()
-        .await
-        .expect("ensure");
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let body: serde_json::Value =
-        serde_json::from_str(&response.text().await.expect("body")).expect("JSON");
+    let (status, body) = post_ensure(
+        &app,
+        &json!({"account": A, "email": KELVIN, "livemode": false}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_ne!(body["customer_id"], "cus_k", "{body}");
     assert_eq!(body["email"], KELVIN);
     assert_eq!(fake.requests().len(), 1);
@@ -139,32 +147,15 @@ async fn lookups_refuse_emails_no_customer_can_have(backend: Backend) {
 }
 
 async fn ensure_refuses_values_stripe_would_not_keep_without_calling_stripe(backend: Backend) {
-    let fake = FakeStripe::start().await;
-    let app = TestApp::spawn_with(
-        backend,
-        AppConfig {
-            stripe_api: Some(fake.config(TEST_KEY)),
-            ..AppConfig::default()
-        },
-    )
-    .await;
+    let (fake, app) = app_with_fake_stripe(backend).await;
     for body in [
         json!({"account": A, "email": format!("{}@x.io", "a".repeat(508))}),
         json!({"account": A, "email": "a\u{1b}@x.io"}),
         json!({"account": A, "email": "ada@x.io", "name": "n".repeat(257)}),
         json!({"account": A, "email": "ada@x.io", "name": "Ada\nLovelace"}),
     ] {
-        let response = app
-            .client
-            .post(format!("{}/v1/customers/ensure", app.base))
-            .header("Content-Type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .expect("ensure");
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-        let answer: serde_json::Value =
-            serde_json::from_str(&response.text().await.expect("body")).expect("JSON");
+        let (status, answer) = post_ensure(&app, &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
         assert_eq!(answer["error"], "invalid_request");
     }
     assert!(fake.requests().is_empty());
