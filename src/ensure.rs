@@ -7,6 +7,15 @@
 //! key, so Stripe answers every process with the same customer. The customer Stripe
 //! returns is recorded in the log and the projection in one transaction, so the read
 //! model knows it before the webhook arrives.
+//!
+//! The key is built from the normalized email, but Stripe receives the caller's spelling
+//! and name; Stripe refuses a key reused with other parameters (400 `idempotency_error`),
+//! and a key in use by a request not yet answered (409 `idempotency_key_in_use`). A
+//! process that meets either refusal knows another process created (or is creating) the
+//! customer, so it waits a bounded time for that process's record in the shared read
+//! model and answers with it.
+
+use std::time::Duration;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -97,7 +106,20 @@ pub enum EnsureError {
     /// under this email: deleted or moved to another email since it was created.
     #[error("Stripe returned {customer_id} for this key, but it has since been deleted or changed its email; Stripe forgets the idempotency key 24 hours after the first call")]
     Superseded { customer_id: String },
+    /// Stripe refused our key as used by another caller, and that caller's customer did
+    /// not reach the read model in time.
+    #[error("another request is creating this customer and it is not recorded yet; retry shortly")]
+    CreatedElsewhere,
 }
+
+/// How long a caller whose key another caller used waits for that caller's record: the
+/// other caller has Stripe's answer and only has to commit it.
+const CREATED_ELSEWHERE_WAIT: Duration = Duration::from_secs(5);
+
+/// The first pause between two reads of the read model while waiting; doubled each time up
+/// to [`CREATED_ELSEWHERE_POLL_MAX`].
+const CREATED_ELSEWHERE_POLL: Duration = Duration::from_millis(20);
+const CREATED_ELSEWHERE_POLL_MAX: Duration = Duration::from_millis(500);
 
 /// The key of one flight: the read model's key for checkout.
 type FlightKey = (AccountId, bool, EmailKey);
@@ -196,14 +218,21 @@ impl Ensurer {
     ) -> Result<Ensured, EnsureError> {
         let idempotency_key = idempotency_key(&request.account, livemode, &request.email_key);
         let on_platform = request.account == self.platform;
-        let created = stripe
+        let created = match stripe
             .create_customer(&NewCustomer {
                 on_behalf_of: (!on_platform).then_some(&request.account),
                 email: &request.email,
                 name: request.name.as_deref(),
                 idempotency_key: &idempotency_key,
             })
-            .await?;
+            .await
+        {
+            Ok(created) => created,
+            Err(error) if error.is_key_used_elsewhere() => {
+                return self.created_elsewhere(store, request, livemode).await;
+            }
+            Err(error) => return Err(error.into()),
+        };
         let event = self.record_event(&created, &request.account, livemode, &idempotency_key)?;
         let customer_id = event.object_id.clone().unwrap_or_default();
         tracing::info!(
@@ -223,6 +252,42 @@ impl Ensurer {
                 customer,
             }),
             None => Err(EnsureError::Superseded { customer_id }),
+        }
+    }
+
+    /// Stripe refused our key as used by another request: another caller (another process:
+    /// this one runs one flight per key) created or is creating the customer, with another
+    /// spelling or name. Its record reaches the shared read model once it commits; wait for
+    /// it, a bounded time.
+    async fn created_elsewhere(
+        &self,
+        store: &Store,
+        request: &EnsureRequest,
+        livemode: bool,
+    ) -> Result<Ensured, EnsureError> {
+        let deadline = tokio::time::Instant::now() + CREATED_ELSEWHERE_WAIT;
+        let mut pause = CREATED_ELSEWHERE_POLL;
+        loop {
+            if let Some(customer) = self.existing(store, request, livemode).await? {
+                tracing::info!(
+                    account = %request.account, livemode, customer_id = customer.customer_id,
+                    "customer created by another caller with the same idempotency key"
+                );
+                return Ok(Ensured {
+                    customer,
+                    created: false,
+                });
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                tracing::warn!(
+                    account = %request.account, livemode,
+                    "Stripe refused the idempotency key as used by another request, and no customer was recorded in time"
+                );
+                return Err(EnsureError::CreatedElsewhere);
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(CREATED_ELSEWHERE_POLL_MAX);
         }
     }
 

@@ -131,6 +131,28 @@ pub enum StripeApiError {
     InvalidResponse(String),
 }
 
+impl StripeApiError {
+    /// Stripe refused our idempotency key because another request used it: with other
+    /// parameters (400, type `idempotency_error`), or at this very moment (409, code
+    /// `idempotency_key_in_use`, still so after every retry). Either way another caller
+    /// made the request this key stands for.
+    pub fn is_key_used_elsewhere(&self) -> bool {
+        match self {
+            Self::Rejected {
+                status: 400,
+                kind: Some(kind),
+                ..
+            } => kind == "idempotency_error",
+            Self::Rejected {
+                status: 409,
+                code: Some(code),
+                ..
+            } => code == "idempotency_key_in_use",
+            _ => false,
+        }
+    }
+}
+
 /// One of Stripe's identifiers in a message: escaped, so a control character cannot start
 /// a line of its own.
 fn shown(value: &Option<String>) -> String {

@@ -1,10 +1,16 @@
 //! A local stand-in for Stripe's API: an HTTP server on 127.0.0.1:<free port> that
-//! records every request and answers `POST /v1/customers` the way Stripe does (including
-//! idempotency keys), or fails as a test tells it to. A test can hold its answers until it
-//! releases them, and read how many requests were in flight at once and how many arrived
-//! close together.
+//! records every request and answers `POST /v1/customers` the way Stripe does, or fails
+//! as a test tells it to. A test can hold its answers until it releases them, and read how
+//! many requests were in flight at once and how many arrived close together.
+//!
+//! Where our code depends on it, it behaves as Stripe documents
+//! (<https://docs.stripe.com/idempotency>, <https://docs.stripe.com/error-codes>): an
+//! unknown API key is 401; an idempotency key is scoped to its account and remembered with
+//! the parameters it was first used with, so a repeat gets the first answer, a reuse with
+//! other parameters is 400 `idempotency_error`, and a repeat while the first request is
+//! still running is 409 `idempotency_key_in_use`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,11 +61,51 @@ pub enum Behavior {
     Fail { status: u16, body: Value },
 }
 
+/// One scripted failure, answered before the behaviour applies (see
+/// [`FakeStripe::fail_next`]).
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub status: u16,
+    pub body: Value,
+    /// Extra response headers, e.g. `Stripe-Should-Retry`.
+    pub headers: Vec<(&'static str, &'static str)>,
+}
+
+impl Failure {
+    /// Stripe's error envelope with this type and code.
+    pub fn new(status: u16, kind: &str, code: Option<&str>) -> Self {
+        Self {
+            status,
+            body: json!({"error": {"type": kind, "code": code, "message": "scripted failure"}}),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// What Stripe remembers of an idempotency key: the parameters first sent with it, and the
+/// customer it answered.
+struct Remembered {
+    form: Vec<(String, String)>,
+    customer: Value,
+}
+
+/// An idempotency key as Stripe scopes it: per account (`Stripe-Account`, empty for the
+/// platform) and API key.
+type KeyScope = (String, String, String);
+
 struct State {
     requests: Mutex<Vec<Recorded>>,
     behavior: Mutex<Behavior>,
-    /// Idempotency key -> the customer first created with it, as Stripe keeps them.
-    by_key: Mutex<HashMap<String, Value>>,
+    /// Answered, in order, before `behavior` applies.
+    scripted: Mutex<VecDeque<Failure>>,
+    by_key: Mutex<HashMap<KeyScope, Remembered>>,
+    /// Keys of requests received and not yet answered.
+    running: Mutex<HashSet<KeyScope>>,
     created: AtomicUsize,
     /// False while answers are held.
     open: watch::Sender<bool>,
@@ -94,7 +140,9 @@ impl FakeStripe {
         let state = Arc::new(State {
             requests: Mutex::default(),
             behavior: Mutex::default(),
+            scripted: Mutex::default(),
             by_key: Mutex::default(),
+            running: Mutex::default(),
             created: AtomicUsize::new(0),
             open: watch::Sender::new(true),
             in_flight: AtomicUsize::new(0),
@@ -119,6 +167,12 @@ impl FakeStripe {
 
     pub fn set(&self, behavior: Behavior) {
         *self.state.behavior.lock().unwrap() = behavior;
+    }
+
+    /// Answers the next requests with these failures, in order, before the behaviour
+    /// applies again.
+    pub fn fail_next(&self, failures: impl IntoIterator<Item = Failure>) {
+        self.state.scripted.lock().unwrap().extend(failures);
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -173,9 +227,18 @@ impl FakeStripe {
         }
     }
 
-    /// The customer the fake created under an idempotency key.
+    /// The customer the fake created under an idempotency key, on any account.
     pub fn customer_for_key(&self, key: &str) -> Option<Value> {
-        self.state.by_key.lock().unwrap().get(key).cloned()
+        let by_key = self.state.by_key.lock().unwrap();
+        by_key
+            .iter()
+            .find(|((_, _, k), _)| k == key)
+            .map(|(_, remembered)| remembered.customer.clone())
+    }
+
+    /// How many customers the fake has created.
+    pub fn customers_created(&self) -> usize {
+        self.state.created.load(Ordering::SeqCst)
     }
 
     /// Settings for the app under test: this fake, a test-mode key, short retries.
@@ -196,6 +259,9 @@ impl FakeStripe {
         }
     }
 }
+
+/// Keys Stripe knows: any other is 401.
+const KNOWN_KEYS: [&str; 2] = [TEST_KEY, LIVE_KEY];
 
 async fn answer(request: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
     let _in_flight = InFlight::enter(&state);
@@ -223,37 +289,128 @@ async fn answer(request: HttpRequest, body: web::Bytes, state: web::Data<State>)
         at,
     };
     state.requests.lock().unwrap().push(recorded.clone());
+    let api_key = recorded
+        .header("authorization")
+        .and_then(|auth| auth.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned();
+    if !KNOWN_KEYS.contains(&api_key.as_str()) {
+        return error(
+            401,
+            json!({"error": {"type": "invalid_request_error", "message": format!("Invalid API Key provided: {api_key}")}}),
+        );
+    }
+    if (recorded.method.as_str(), recorded.path.as_str()) != ("POST", "/v1/customers") {
+        return error(
+            404,
+            json!({"error": {"type": "invalid_request_error", "code": "resource_missing", "message": "Unrecognized request URL"}}),
+        );
+    }
+    let scope = recorded.header("idempotency-key").map(|key| {
+        (
+            recorded
+                .header("stripe-account")
+                .unwrap_or_default()
+                .to_owned(),
+            api_key.clone(),
+            key.to_owned(),
+        )
+    });
+    let _running = match &scope {
+        Some(scope) => match Running::enter(&state, scope) {
+            Some(running) => Some(running),
+            None => {
+                return error(
+                    409,
+                    json!({"error": {"type": "invalid_request_error", "code": "idempotency_key_in_use", "message": "There is currently another in-progress request using this idempotency key"}}),
+                )
+            }
+        },
+        None => None,
+    };
     // Held until released; the sender lives as long as the state, so this cannot fail.
     let _ = state.open.subscribe().wait_for(|open| *open).await;
+    let scripted = state.scripted.lock().unwrap().pop_front();
+    if let Some(failure) = scripted {
+        let mut response = HttpResponse::build(status(failure.status));
+        response.insert_header(("Request-Id", "req_fake_failure"));
+        for header in failure.headers {
+            response.insert_header(header);
+        }
+        return response.json(failure.body);
+    }
     let behavior = state.behavior.lock().unwrap().clone();
     match behavior {
-        Behavior::Fail { status, body } => {
-            HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
-                .insert_header(("Request-Id", "req_fake_failure"))
-                .json(body)
-        }
-        Behavior::Create => {
-            let customer = create(&state, &recorded);
-            HttpResponse::Ok()
+        Behavior::Fail { status, body } => error(status, body),
+        Behavior::Create => match create(&state, &recorded, scope) {
+            Ok(customer) => HttpResponse::Ok()
                 .insert_header(("Request-Id", "req_fake_create"))
-                .json(customer)
-        }
+                .json(customer),
+            Err(refusal) => refusal,
+        },
     }
 }
 
-fn create(state: &State, request: &Recorded) -> Value {
+fn status(code: u16) -> actix_web::http::StatusCode {
+    actix_web::http::StatusCode::from_u16(code).unwrap()
+}
+
+fn error(code: u16, body: Value) -> HttpResponse {
+    HttpResponse::build(status(code))
+        .insert_header(("Request-Id", "req_fake_failure"))
+        .json(body)
+}
+
+/// An idempotency key in use by a request until it is answered (or the client left).
+struct Running<'a> {
+    state: &'a State,
+    scope: KeyScope,
+}
+
+impl<'a> Running<'a> {
+    /// `None` when another request holds the key.
+    fn enter(state: &'a State, scope: &KeyScope) -> Option<Self> {
+        state
+            .running
+            .lock()
+            .unwrap()
+            .insert(scope.clone())
+            .then(|| Self {
+                state,
+                scope: scope.clone(),
+            })
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.state.running.lock().unwrap().remove(&self.scope);
+    }
+}
+
+/// A customer created as asked, or the first answer given to this idempotency key; a key
+/// reused with other parameters is refused.
+fn create(
+    state: &State,
+    request: &Recorded,
+    scope: Option<KeyScope>,
+) -> Result<Value, HttpResponse> {
     let livemode = request
         .header("authorization")
         .is_some_and(|auth| auth.contains("_live_"));
-    let key = request
-        .header("idempotency-key")
-        .unwrap_or_default()
-        .to_owned();
+    let mut form = request.form.clone();
+    form.sort();
     let mut by_key = state.by_key.lock().unwrap();
-    if let Some(customer) = by_key.get(&key) {
-        return customer.clone();
+    if let Some(remembered) = scope.as_ref().and_then(|scope| by_key.get(scope)) {
+        if remembered.form == form {
+            return Ok(remembered.customer.clone());
+        }
+        return Err(error(
+            400,
+            json!({"error": {"type": "idempotency_error", "message": "Keys for idempotent requests can only be used with the same parameters they were first used with"}}),
+        ));
     }
-    let number = state.created.fetch_add(1, Ordering::Relaxed) + 1;
+    let number = state.created.fetch_add(1, Ordering::SeqCst) + 1;
     let customer = json!({
         "id": format!("cus_Fake{number:010}"),
         "object": "customer",
@@ -278,8 +435,14 @@ fn create(state: &State, request: &Recorded) -> Value {
         "tax_exempt": "none",
         "test_clock": null
     });
-    if !key.is_empty() {
-        by_key.insert(key, customer.clone());
+    if let Some(scope) = scope {
+        by_key.insert(
+            scope,
+            Remembered {
+                form,
+                customer: customer.clone(),
+            },
+        );
     }
-    customer
+    Ok(customer)
 }
