@@ -14,7 +14,7 @@ use stripe_projector::store::{ProjectedCustomer, Store};
 use stripe_projector::stripe::event::{self, Delivery};
 use stripe_projector::stripe::limiter::Limits;
 
-use crate::fake_stripe::{Behavior, FakeStripe, LIVE_KEY, TEST_KEY};
+use crate::fake_stripe::{Behavior, Failure, FakeStripe, LIVE_KEY, TEST_KEY};
 use crate::helpers::{into_json, metric, AppConfig, Backend, TestApp, TestDb, PLATFORM};
 use crate::process::{command, serve_command, Served};
 
@@ -1359,6 +1359,116 @@ async fn ensure_and_stripe_request_metrics_count_outcomes_exactly(backend: Backe
     assert_eq!(fake.requests().len(), 9);
 }
 
+/// Stripe's SDKs retry 409 `lock_timeout`, 429 and 5xx: so do we, with the same
+/// idempotency key, and the customer of the attempt that succeeds is the answer.
+async fn failures_then_success_are_retried_with_one_key_until_created(backend: Backend) {
+    let cases = [
+        vec![
+            Failure::new(500, "api_error", None),
+            Failure::new(503, "api_error", None),
+        ],
+        vec![Failure::new(
+            429,
+            "invalid_request_error",
+            Some("rate_limit"),
+        )],
+        vec![Failure::new(
+            409,
+            "invalid_request_error",
+            Some("lock_timeout"),
+        )],
+    ];
+    for (n, failures) in cases.into_iter().enumerate() {
+        let fake = FakeStripe::start().await;
+        let app = app_with(backend, &fake, TEST_KEY).await;
+        let attempts = failures.len() + 1;
+        fake.fail_next(failures);
+
+        let (status, body) = ensure(&app, &json!({"account": A, "email": ADA})).await;
+
+        assert_eq!(status, StatusCode::CREATED, "case {n}: {body}");
+        assert_eq!(body["created"], true);
+        let requests = fake.requests();
+        assert_eq!(requests.len(), attempts, "case {n}");
+        let key = key_of(A, false, ADA);
+        assert!(requests
+            .iter()
+            .all(|r| r.header("idempotency-key") == Some(key.as_str())));
+        assert_eq!(fake.customers_created(), 1);
+        assert_eq!(
+            app.customer_id(A, ADA, false).await,
+            body["customer_id"].as_str().map(str::to_owned)
+        );
+    }
+}
+
+/// `Stripe-Should-Retry` overrides the status: `false` stops retries of a 5xx, `true`
+/// retries a 4xx.
+async fn stripe_should_retry_overrides_the_status(backend: Backend) {
+    let fake = FakeStripe::start().await;
+    let app = app_with(backend, &fake, TEST_KEY).await;
+    fake.fail_next([
+        Failure::new(500, "api_error", None).with_header("Stripe-Should-Retry", "false")
+    ]);
+    let (status, body) = ensure(&app, &json!({"account": A, "email": ADA})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "stripe_unavailable");
+    assert_eq!(fake.requests().len(), 1, "not retried");
+
+    fake.fail_next([
+        Failure::new(400, "invalid_request_error", Some("processing_error"))
+            .with_header("Stripe-Should-Retry", "true"),
+    ]);
+    let (status, body) = ensure(&app, &json!({"account": A, "email": ADA})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(fake.requests().len(), 3, "retried once");
+}
+
+/// A key Stripe does not know is 401: not retried, 502 `stripe_error` with Stripe's status
+/// and type, and neither the key nor Stripe's message (which quotes it) in the answer.
+async fn an_unknown_api_key_is_502_with_stripes_401_and_never_the_key(backend: Backend) {
+    const UNKNOWN_KEY: &str = "sk_test_51KeyStripeHasNeverIssued000000";
+    let fake = FakeStripe::start().await;
+    let app = app_with(backend, &fake, UNKNOWN_KEY).await;
+
+    let (status, body) = ensure(&app, &json!({"account": A, "email": ADA})).await;
+
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["error"], "stripe_error");
+    assert_eq!(body["stripe"]["status"], 401);
+    assert_eq!(body["stripe"]["type"], "invalid_request_error");
+    assert!(!body.to_string().contains(UNKNOWN_KEY), "{body}");
+    assert!(!body.to_string().contains("Invalid API Key"), "{body}");
+    assert_eq!(fake.requests().len(), 1, "a 401 is not retried");
+    assert_eq!(fake.customers_created(), 0);
+}
+
+/// Within Stripe's 24 hours, the idempotency key gives back the customer it first created,
+/// even when that customer has since been deleted: ensure records it again but checkout
+/// cannot be given a deleted customer, so the answer is 409 `customer_superseded`.
+async fn a_customer_deleted_since_it_was_created_is_409_customer_superseded(backend: Backend) {
+    let fake = FakeStripe::start().await;
+    let app = app_with(backend, &fake, TEST_KEY).await;
+    let (status, created) = ensure(&app, &json!({"account": A, "email": ADA})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let customer = fake.customer_for_key(&key_of(A, false, ADA)).unwrap();
+    let mut deleted = stripe_webhook_for(&customer, A, "evt_1CustomerDeletedLater", 5);
+    deleted["type"] = json!("customer.deleted");
+    assert_eq!(app.deliver_json(&deleted).await.0, StatusCode::OK);
+
+    let (status, body) = ensure(&app, &json!({"account": A, "email": ADA})).await;
+
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"], "customer_superseded");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains(created["customer_id"].as_str().unwrap()));
+    assert_eq!(fake.requests().len(), 2);
+    assert_eq!(fake.customers_created(), 1, "no second customer");
+    assert_eq!(app.customer_id(A, ADA, false).await, None);
+}
+
 on_both_backends!(
     ensure_creates_the_customer_on_the_organizers_account_with_stripes_headers,
     platform_account_is_created_without_a_stripe_account_header,
@@ -1388,4 +1498,8 @@ on_both_backends!(
     stripes_message_reaches_neither_the_client_nor_the_log,
     a_network_error_goes_to_the_log_and_never_to_the_client,
     ensure_and_stripe_request_metrics_count_outcomes_exactly,
+    failures_then_success_are_retried_with_one_key_until_created,
+    stripe_should_retry_overrides_the_status,
+    an_unknown_api_key_is_502_with_stripes_401_and_never_the_key,
+    a_customer_deleted_since_it_was_created_is_409_customer_superseded,
 );
