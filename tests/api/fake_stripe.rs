@@ -346,7 +346,7 @@ async fn answer(request: HttpRequest, body: web::Bytes, state: web::Data<State>)
             Ok(customer) => HttpResponse::Ok()
                 .insert_header(("Request-Id", "req_fake_create"))
                 .json(customer),
-            Err(refusal) => refusal,
+            Err(refusal) => error(400, refusal),
         },
     }
 }
@@ -389,12 +389,8 @@ impl Drop for Running<'_> {
 }
 
 /// A customer created as asked, or the first answer given to this idempotency key; a key
-/// reused with other parameters is refused.
-fn create(
-    state: &State,
-    request: &Recorded,
-    scope: Option<KeyScope>,
-) -> Result<Value, HttpResponse> {
+/// reused with other parameters is refused with the body of Stripe's 400.
+fn create(state: &State, request: &Recorded, scope: Option<KeyScope>) -> Result<Value, Value> {
     let livemode = request
         .header("authorization")
         .is_some_and(|auth| auth.contains("_live_"));
@@ -405,10 +401,9 @@ fn create(
         if remembered.form == form {
             return Ok(remembered.customer.clone());
         }
-        return Err(error(
-            400,
+        return Err(
             json!({"error": {"type": "idempotency_error", "message": "Keys for idempotent requests can only be used with the same parameters they were first used with"}}),
-        ));
+        );
     }
     let number = state.created.fetch_add(1, Ordering::SeqCst) + 1;
     let customer = json!({
