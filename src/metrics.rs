@@ -29,7 +29,7 @@ const BUILD_INFO: &str = "stripe_projector_build_info";
 const BODY_BYTES_IN_FLIGHT: &str = "stripe_projector_body_bytes_in_flight";
 
 /// Every answer of `POST /webhooks/stripe`: the 200 statuses, then each rejection code.
-pub const WEBHOOK_OUTCOMES: [&str; 11] = [
+pub const WEBHOOK_OUTCOMES: [&str; 13] = [
     "stored",
     "duplicate",
     "ignored",
@@ -41,6 +41,8 @@ pub const WEBHOOK_OUTCOMES: [&str; 11] = [
     "payload_too_large",
     "store_unavailable",
     "overloaded",
+    "request_timeout",
+    "client_closed",
 ];
 
 /// The webhook outcomes that are signature failures; the reason is the rejection code.
@@ -62,7 +64,7 @@ pub const LOOKUP_OUTCOMES: [&str; 6] = [
 ];
 
 /// Every answer of `POST /v1/customers/ensure`: the two successes, then each error code.
-pub const ENSURE_OUTCOMES: [&str; 13] = [
+pub const ENSURE_OUTCOMES: [&str; 15] = [
     "found",
     "created",
     "invalid_request",
@@ -76,6 +78,8 @@ pub const ENSURE_OUTCOMES: [&str; 13] = [
     "store_unavailable",
     "customer_superseded",
     "overloaded",
+    "request_timeout",
+    "client_closed",
 ];
 
 /// What became of each request we meant to send to Stripe, retries included: `ok`,

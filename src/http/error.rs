@@ -15,8 +15,15 @@ use crate::stripe::signature::SignatureError;
 pub enum ApiError {
     #[error("body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The body is not a well-formed HTTP body (e.g. a corrupt encoding).
     #[error("the request body could not be read")]
     BodyUnreadable,
+    /// The client did not send its whole body within the client timeout.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
+    /// The client closed the connection before its body ended: nobody hears the answer.
+    #[error("the client closed the connection before its body ended")]
+    ClientClosed,
     #[error("no Stripe-Signature header")]
     MissingSignature,
     #[error(transparent)]
@@ -74,6 +81,8 @@ impl ApiError {
         match self {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::BodyUnreadable | Self::InvalidPayload(_) => "invalid_payload",
+            Self::RequestTimeout => "request_timeout",
+            Self::ClientClosed => "client_closed",
             Self::MissingSignature => "missing_signature",
             Self::Signature(SignatureError::Malformed(_)) => "malformed_signature",
             Self::Signature(SignatureError::Mismatch) => "signature_mismatch",
@@ -127,7 +136,9 @@ impl ResponseError for ApiError {
                 EnsureError::Stripe(_) => StatusCode::BAD_GATEWAY,
                 EnsureError::Superseded { .. } => StatusCode::CONFLICT,
             },
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyUnreadable
+            | Self::ClientClosed
             | Self::MissingSignature
             | Self::Signature(_)
             | Self::InvalidPayload(_)
@@ -140,6 +151,9 @@ impl ResponseError for ApiError {
         if let Self::StoreUnavailable(cause) = self {
             // The cause stays in our logs; the client only learns to retry.
             tracing::error!(error = %cause, "store unavailable");
+        } else if let Self::RequestTimeout | Self::ClientClosed = self {
+            // The client's doing, not a bad payload: said once, without a payload reason.
+            tracing::info!(code = self.code(), "request body not received: {self}");
         } else if let Self::Overloaded = self {
             tracing::warn!(code = self.code(), "request refused: body budget exhausted");
         } else if let Self::Ensure(cause) = self {

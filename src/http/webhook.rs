@@ -1,5 +1,6 @@
 //! `POST /webhooks/stripe`: Connect and platform deliveries alike.
 
+use actix_web::error::PayloadError;
 use actix_web::http::header;
 use actix_web::web::{self, Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
@@ -66,6 +67,16 @@ pub(super) fn declared_length(
     }
 }
 
+/// Why a body could not be read: our deadline (`body_deadline`) passed, the client went
+/// away, or the body itself is malformed.
+fn body_error(error: PayloadError) -> ApiError {
+    match error {
+        PayloadError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => ApiError::RequestTimeout,
+        PayloadError::Incomplete(_) | PayloadError::Io(_) => ApiError::ClientClosed,
+        _ => ApiError::BodyUnreadable,
+    }
+}
+
 /// Reads the raw body (the signature covers these exact bytes), refusing more than
 /// `limit` bytes without buffering them. The buffer is allocated once, of the size
 /// reserved for the body: the declared length (actix ends a body at its
@@ -79,7 +90,7 @@ pub(super) async fn read_limited(
     let too_large = ApiError::PayloadTooLarge { limit };
     let mut body = BytesMut::with_capacity(declared.unwrap_or(limit).min(limit));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| ApiError::BodyUnreadable)?;
+        let chunk = chunk.map_err(body_error)?;
         if body.len() + chunk.len() > limit {
             return Err(too_large);
         }

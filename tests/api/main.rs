@@ -4,6 +4,7 @@
 #[macro_use]
 mod helpers;
 mod cli;
+mod client_faults;
 mod disk_full;
 mod ensure;
 mod fake_stripe;
