@@ -47,9 +47,55 @@ impl DatabaseUrl {
     }
 }
 
+impl DatabaseUrl {
+    /// Where the database is, for messages: the SQLite file, or the PostgreSQL server and
+    /// database. Never the password.
+    pub fn location(&self) -> String {
+        match self {
+            Self::Sqlite(options) => format!("SQLite file {}", options.get_filename().display()),
+            Self::Postgres(options) => {
+                let server = match options.get_socket() {
+                    Some(socket) => format!("socket {}", socket.display()),
+                    None => format!("{}:{}", options.get_host(), options.get_port()),
+                };
+                match options.get_database() {
+                    Some(database) => format!("PostgreSQL server {server}, database {database:?}"),
+                    None => format!("PostgreSQL server {server}"),
+                }
+            }
+        }
+    }
+}
+
+/// Why a connection failed, in the database's or the operating system's own words,
+/// without sqlx's wrapping ("error returned from database: ...").
+fn connect_cause(error: &StoreError) -> String {
+    match error {
+        StoreError::Database(sqlx::Error::Database(e)) => e.message().to_owned(),
+        StoreError::Database(sqlx::Error::Io(e)) => io_cause(e),
+        StoreError::Database(sqlx::Error::PoolTimedOut) => {
+            "no connection could be made in time".to_owned()
+        }
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(_, Some(message))) => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn io_cause(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+        std::io::ErrorKind::NotFound => "no such socket or host".to_owned(),
+        std::io::ErrorKind::TimedOut => "connection timed out".to_owned(),
+        _ => error.to_string(),
+    }
+}
+
 /// The store failed; the caller answers 503 and Stripe retries.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database could not be opened or reached: where, and why.
+    #[error("{location}: {cause}")]
+    Connect { location: String, cause: String },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
@@ -416,14 +462,22 @@ pub enum Store {
 
 impl Store {
     /// Connects (creating an SQLite file if missing). Does not migrate.
+    ///
+    /// A failure says where the database is and why it could not be used (the
+    /// database's or the system's own words), never the password.
     pub async fn connect(url: &DatabaseUrl) -> Result<Self, StoreError> {
-        Ok(match url {
-            DatabaseUrl::Sqlite(options) => {
-                Self::Sqlite(SqliteStore::connect(options.clone()).await?)
-            }
-            DatabaseUrl::Postgres(options) => {
-                Self::Postgres(PgStore::connect(options.clone()).await?)
-            }
+        let connected = match url {
+            DatabaseUrl::Sqlite(options) => SqliteStore::connect(options.clone())
+                .await
+                .map(Self::Sqlite),
+            DatabaseUrl::Postgres(options) => PgStore::connect(options.clone())
+                .await
+                .map(Self::Postgres)
+                .map_err(StoreError::from),
+        };
+        connected.map_err(|error| StoreError::Connect {
+            location: url.location(),
+            cause: connect_cause(&error),
         })
     }
 

@@ -9,7 +9,8 @@ use std::str::FromStr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::Connection;
 use sqlx::{PgPool, Postgres};
 
 use super::{
@@ -44,6 +45,12 @@ pub(super) fn options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
 
 impl PgStore {
     pub(super) async fn connect(options: PgConnectOptions) -> Result<Self, sqlx::Error> {
+        // One connection of our own first: a pool that cannot connect only says it timed
+        // out, while this says why (refused, no such database, authentication failed).
+        let probe = tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        probe.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(CONNECTIONS)
             .test_before_acquire(false)

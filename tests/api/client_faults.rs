@@ -100,7 +100,11 @@ async fn stalled_and_closed_bodies_are_the_clients_outcomes(backend: Backend) {
     assert!(served.wait_exit(Duration::from_secs(30)).is_some());
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(!logged.contains("invalid_payload"), "{logged}");
-    assert_eq!(logged.matches(r#"code="client_closed""#).count(), 2, "{logged}");
+    assert_eq!(
+        logged.matches(r#"code="client_closed""#).count(),
+        2,
+        "{logged}"
+    );
     assert_eq!(
         logged.matches(r#"code="request_timeout""#).count(),
         2,

@@ -271,7 +271,7 @@ fn unique_name() -> String {
 }
 
 /// The admin URL with its database path replaced.
-fn replace_database(url: &str, database: &str) -> String {
+pub fn replace_database(url: &str, database: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((base, query)) => (base, format!("?{query}")),
         None => (url, String::new()),

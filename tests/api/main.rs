@@ -5,6 +5,7 @@
 mod helpers;
 mod cli;
 mod client_faults;
+mod database_errors;
 mod disk_full;
 mod ensure;
 mod fake_stripe;
