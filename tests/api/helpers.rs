@@ -526,3 +526,17 @@ pub fn metric(exposition: &str, series: &str) -> Option<f64> {
         value.trim().parse().ok()
     })
 }
+
+/// proptest's settings for the suite: `default_cases` cases unless `PROPTEST_CASES` says
+/// otherwise, and no failure persistence file.
+pub fn proptest_config(default_cases: u32) -> proptest::test_runner::Config {
+    let cases = match std::env::var("PROPTEST_CASES") {
+        Ok(cases) => cases.parse().expect("PROPTEST_CASES is a number"),
+        Err(_) => default_cases,
+    };
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}
