@@ -18,7 +18,12 @@ use stripe_projector::store::{DatabaseUrl, Store};
 use stripe_projector::stripe::api::{StripeApi, StripeApiConfig};
 use stripe_projector::stripe::signature;
 
+/// The suite's webhook secrets, in one place. `SECRET` is held by every server under test.
 pub const SECRET: &str = "whsec_test_secret_for_the_suite";
+/// A second configured secret, as during a roll; no answer or log line may repeat it.
+pub const SECOND_SECRET: &str = "whsec_second_secret_for_the_suite";
+/// A secret no server under test holds: what a forger signs with.
+pub const UNKNOWN_SECRET: &str = "whsec_unknown_to_the_servers";
 pub const PLATFORM: &str = "platform";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
