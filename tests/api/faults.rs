@@ -216,7 +216,7 @@ on_both_backends!(acknowledged_events_survive_sigkill_at_every_kill_point);
 
 /// PostgreSQL refusing connections: concurrent deliveries and lookups all get 503
 /// `store_unavailable` (never a 2xx, never a hang), and after the database is back every
-/// one of them, redelivered, is stored, without a restart. (`ops.rs` covers `/readyz` and
+/// one of them, redelivered, is stored, without a restart. (`ops/readiness.rs` covers `/readyz` and
 /// one delivery; this is the load and the lookups.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_answers_503_to_everything_and_recovers() {

@@ -1,7 +1,7 @@
 //! Secrets and personal data in logs: at the default level and in the default text
 //! format, nothing a request carried that is private reaches the log: no webhook secret,
 //! no read or ensure token (right or wrong), no body, no email or name, whether the request was
-//! accepted or rejected. (`ops.rs` checks the JSON format.)
+//! accepted or rejected. (`ops/logs.rs` checks the JSON format.)
 
 use std::process::Stdio;
 use std::time::Duration;
