@@ -4,13 +4,12 @@
 //! accepted or rejected. (`ops/logs.rs` checks the JSON format.)
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{
-    created, now, post_signed, sign, Backend, TestDb, SECOND_SECRET, SECRET, UNKNOWN_SECRET,
+    created, now, post_signed, sign, Backend, TestDb, HANG, SECOND_SECRET, SECRET, UNKNOWN_SECRET,
 };
 use crate::process::{serve_command, Served};
 
@@ -119,7 +118,7 @@ async fn text_logs_at_the_default_level_hold_no_secret_token_body_or_email() {
     }
 
     served.terminate();
-    let exit = served.wait_exit(Duration::from_secs(60)).expect("exits");
+    let exit = served.wait_exit(HANG).expect("exits");
     assert_eq!(exit.code(), Some(0));
     let text = std::fs::read_to_string(&log_path).unwrap();
     assert!(

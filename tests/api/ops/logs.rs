@@ -3,13 +3,12 @@
 
 use std::collections::HashMap;
 use std::process::Stdio;
-use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    created, now, post_signed, sign, Backend, TestDb, SECOND_SECRET, SECRET, UNKNOWN_SECRET,
+    created, now, post_signed, sign, Backend, TestDb, HANG, SECOND_SECRET, SECRET, UNKNOWN_SECRET,
 };
 use crate::process::{serve_command, Served};
 
@@ -130,7 +129,7 @@ async fn json_logs_name_request_and_event_and_never_show_secrets_bodies_or_email
     assert_ne!(lookup_id, generated, "every request gets its own id");
 
     served.terminate();
-    let exit = served.wait_exit(Duration::from_secs(60)).expect("exits");
+    let exit = served.wait_exit(HANG).expect("exits");
     assert_eq!(exit.code(), Some(0));
     let text = std::fs::read_to_string(&log_path).unwrap();
     let lines = parse_logs(&text);
