@@ -2,7 +2,7 @@
 
 use std::process::Output;
 
-use crate::helpers::{created, Backend, TestApp, TestDb};
+use crate::helpers::{created, Backend, TestApp, TestDb, SECOND_SECRET, SECRET, UNKNOWN_SECRET};
 use crate::process::{command, run, Served};
 
 fn stderr(output: &Output) -> String {
@@ -61,7 +61,7 @@ fn bad_database_url_bad_flag_and_bad_values_exit_2() {
     );
     let output = command("sqlite::memory:")
         .args(["serve", "--listen-addr", "not-an-address"])
-        .env("STRIPE_WEBHOOK_SECRET", "whsec_x")
+        .env("STRIPE_WEBHOOK_SECRET", SECRET)
         .output()
         .unwrap();
     assert_usage_error(&output, "listen-addr");
@@ -76,7 +76,7 @@ fn a_body_budget_smaller_than_the_largest_body_exits_2() {
         let output = command("sqlite::memory:")
             .arg("serve")
             .args(flags)
-            .env("STRIPE_WEBHOOK_SECRET", "whsec_x")
+            .env("STRIPE_WEBHOOK_SECRET", SECRET)
             .env("MAX_BODY_BYTES", max_body_bytes)
             .output()
             .unwrap();
@@ -219,13 +219,13 @@ async fn send_signs_like_stripe_and_exits_1_on_any_refusal(backend: Backend) {
     let send = |secret: &str| {
         command(&app.db.url)
             .args(["send", fixture, fixture, "--url", &url])
-            .env("STRIPE_WEBHOOK_SECRET", format!("{secret},whsec_second"))
+            .env("STRIPE_WEBHOOK_SECRET", format!("{secret},{SECOND_SECRET}"))
             .output()
             .unwrap()
     };
 
-    let accepted = send(crate::helpers::SECRET);
-    let refused = send("whsec_wrong");
+    let accepted = send(SECRET);
+    let refused = send(UNKNOWN_SECRET);
 
     let printed = String::from_utf8_lossy(&accepted.stdout);
     assert_eq!(accepted.status.code(), Some(0), "{printed}");
@@ -251,7 +251,7 @@ fn send_usage_errors_exit_2() {
     let with_secret = |args: &[&str]| {
         command("sqlite::memory:")
             .args(args)
-            .env("STRIPE_WEBHOOK_SECRET", "whsec_s")
+            .env("STRIPE_WEBHOOK_SECRET", SECRET)
             .output()
             .unwrap()
     };
@@ -270,7 +270,7 @@ fn send_refuses_a_secret_on_the_command_line() {
         env!("CARGO_MANIFEST_DIR"),
         "/fixtures/redelivery/customer_created.json"
     );
-    for env_secret in [None, Some("whsec_from_env")] {
+    for env_secret in [None, Some(SECRET)] {
         let mut command = command("sqlite::memory:");
         command.args([
             "send",

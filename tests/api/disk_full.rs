@@ -8,12 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{created, into_json, now, sign, SECRET};
+use crate::helpers::{created, into_json, post_signed, HANG};
 use crate::process::{serve_command, Served};
 
 /// Room the file system's blocks really have: far less than it believes it has.
@@ -28,8 +27,6 @@ const PADDING: usize = 96 << 10;
 const IN_FLIGHT: usize = 8;
 /// Far more than the disk can take: reaching it without a 503 means the failure went unseen.
 const MAX_EVENTS: usize = 1_000;
-/// Anything slower than this is a hang, not a slow answer.
-const HANG: Duration = Duration::from_secs(30);
 
 /// An ext4 file system on a loop device whose backing file is a sparse file on a tmpfs
 /// much smaller than the file: writes succeed into the page cache, and the `fdatasync`
@@ -218,11 +215,7 @@ enum Answer {
 /// Delivers event `n`; the only answers allowed are "stored" and 503 `store_unavailable`.
 async fn deliver(client: &reqwest::Client, base: &str, n: usize) -> Answer {
     let body = padded_event(n);
-    let request = client
-        .post(format!("{base}/webhooks/stripe"))
-        .header("Stripe-Signature", sign(SECRET, now(), &body))
-        .body(body)
-        .send();
+    let request = post_signed(client, base, &body).send();
     let response = tokio::time::timeout(HANG, request)
         .await
         .unwrap_or_else(|_| panic!("evt_full_{n:04}: no answer (a hang)"))
@@ -384,10 +377,7 @@ async fn a_failing_disk_refuses_until_restart_and_loses_nothing(filling: Filling
     );
     for &n in refused.iter().chain([&after]) {
         let body = padded_event(n);
-        let response = client
-            .post(format!("{}/webhooks/stripe", served.base))
-            .header("Stripe-Signature", sign(SECRET, now(), &body))
-            .body(body)
+        let response = post_signed(&client, &served.base, &body)
             .send()
             .await
             .expect("redelivery");

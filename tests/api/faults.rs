@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
@@ -14,8 +13,8 @@ use stripe_projector::store::Store;
 use stripe_projector::stripe::event::{self, Delivery};
 
 use crate::helpers::{
-    created, into_json, now, postgres_admin_url, sign, Backend, EventSpec, TestApp, TestDb,
-    PLATFORM, SECRET,
+    created, into_json, post_signed, postgres_configured, wait_until_ready, Backend, EventSpec,
+    TestApp, TestDb, HANG, PLATFORM,
 };
 use crate::permutation::oracle_rows;
 use crate::process::Served;
@@ -23,8 +22,6 @@ use crate::process::Served;
 /// Acknowledgements counted before each SIGKILL, one `serve` process per kill point.
 const KILL_POINTS: [usize; 5] = [0, 1, 10, 50, 200];
 const CONCURRENCY: usize = 16;
-/// Anything slower than this is a hang, not a slow answer.
-const HANG: Duration = Duration::from_secs(15);
 
 /// Event `n` of round `round`: customers get a creation, an update that moves them to an
 /// email shared across accounts, and sometimes a deletion, so the projection has work to
@@ -62,7 +59,7 @@ fn crash_event(round: usize, n: usize) -> Vec<u8> {
 /// as `kill_after` of them were answered 2xx. Returns every event that got a 2xx, those
 /// answered in the instant before the kill included.
 async fn load_then_kill(served: &mut Served, round: usize, kill_after: usize) -> BTreeSet<String> {
-    let url = format!("{}/webhooks/stripe", served.base);
+    let base = served.base.clone();
     let client = reqwest::Client::new();
     let next = Arc::new(AtomicUsize::new(0));
     let started = Arc::new(AtomicUsize::new(0));
@@ -70,9 +67,9 @@ async fn load_then_kill(served: &mut Served, round: usize, kill_after: usize) ->
     let total = kill_after + 200;
     let workers: Vec<_> = (0..CONCURRENCY)
         .map(|_| {
-            let (client, url, next, started, acks) = (
+            let (client, base, next, started, acks) = (
                 client.clone(),
-                url.clone(),
+                base.clone(),
                 next.clone(),
                 started.clone(),
                 acks.clone(),
@@ -84,10 +81,7 @@ async fn load_then_kill(served: &mut Served, round: usize, kill_after: usize) ->
                         return;
                     }
                     let body = crash_event(round, n);
-                    let request = client
-                        .post(&url)
-                        .header("Stripe-Signature", sign(SECRET, now(), &body))
-                        .body(body);
+                    let request = post_signed(&client, &base, &body);
                     started.fetch_add(1, Ordering::SeqCst);
                     match request.send().await {
                         Ok(response) if response.status().is_success() => {
@@ -222,12 +216,11 @@ on_both_backends!(acknowledged_events_survive_sigkill_at_every_kill_point);
 
 /// PostgreSQL refusing connections: concurrent deliveries and lookups all get 503
 /// `store_unavailable` (never a 2xx, never a hang), and after the database is back every
-/// one of them, redelivered, is stored, without a restart. (`ops.rs` covers `/readyz` and
+/// one of them, redelivered, is stored, without a restart. (`ops/readiness.rs` covers `/readyz` and
 /// one delivery; this is the load and the lookups.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_answers_503_to_everything_and_recovers() {
-    if postgres_admin_url().is_none() {
-        eprintln!("skipped: TEST_DATABASE_URL is unset");
+    if !postgres_configured() {
         return;
     }
     let app = TestApp::spawn(Backend::Postgres).await;
@@ -264,15 +257,8 @@ async fn postgres_outage_answers_503_to_everything_and_recovers() {
     assert_eq!(app.get("/healthz").await.0, StatusCode::OK);
 
     app.db.allow_connections().await;
-    let mut ready = false;
-    for _ in 0..200 {
-        if app.get("/readyz").await.0 == StatusCode::OK {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "ready again without a restart");
+    // Ready again without a restart.
+    wait_until_ready(&app.client, &app.base).await;
     for i in 1..=8 {
         let (status, body) = app.deliver_json(&event(i)).await;
         assert_eq!(

@@ -18,7 +18,12 @@ use stripe_projector::store::{DatabaseUrl, Store};
 use stripe_projector::stripe::api::{StripeApi, StripeApiConfig};
 use stripe_projector::stripe::signature;
 
+/// The suite's webhook secrets, in one place. `SECRET` is held by every server under test.
 pub const SECRET: &str = "whsec_test_secret_for_the_suite";
+/// A second configured secret, as during a roll; no answer or log line may repeat it.
+pub const SECOND_SECRET: &str = "whsec_second_secret_for_the_suite";
+/// A secret no server under test holds: what a forger signs with.
+pub const UNKNOWN_SECRET: &str = "whsec_unknown_to_the_servers";
 pub const PLATFORM: &str = "platform";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +39,18 @@ pub fn postgres_admin_url() -> Option<String> {
         .filter(|url| !url.is_empty())
 }
 
-/// Runs a test body once per backend. The PostgreSQL variant is skipped (with a note)
-/// only when `TEST_DATABASE_URL` is unset; when it is set, an unreachable server fails.
+/// Whether a PostgreSQL test runs. It is skipped (with a note) only when
+/// `TEST_DATABASE_URL` is unset; when it is set, an unreachable server fails the test
+/// (`TestDb::create` panics), never skips it.
+pub fn postgres_configured() -> bool {
+    if postgres_admin_url().is_some() {
+        return true;
+    }
+    eprintln!("skipped: TEST_DATABASE_URL is unset");
+    false
+}
+
+/// Runs a test body once per backend, the PostgreSQL variant under `postgres_configured`.
 #[macro_export]
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -51,8 +66,7 @@ macro_rules! on_both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    if $crate::helpers::postgres_admin_url().is_none() {
-                        eprintln!("skipped: TEST_DATABASE_URL is unset");
+                    if !$crate::helpers::postgres_configured() {
                         return;
                     }
                     super::$name($crate::helpers::Backend::Postgres).await
@@ -72,8 +86,8 @@ pub fn property_runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// Two `#[test]`s running a synchronous property check once per backend, with the same
-/// skip rule as `on_both_backends!`.
+/// Two `#[test]`s running a synchronous property check once per backend, the PostgreSQL
+/// one under `postgres_configured`.
 #[macro_export]
 macro_rules! property_on_both_backends {
     ($sqlite:ident, $postgres:ident => $check:path) => {
@@ -84,8 +98,7 @@ macro_rules! property_on_both_backends {
 
         #[test]
         fn $postgres() {
-            if $crate::helpers::postgres_admin_url().is_none() {
-                eprintln!("skipped: TEST_DATABASE_URL is unset");
+            if !$crate::helpers::postgres_configured() {
                 return;
             }
             $check($crate::helpers::Backend::Postgres);
@@ -525,4 +538,68 @@ pub fn metric(exposition: &str, series: &str) -> Option<f64> {
         let value = line.strip_prefix(series)?.strip_prefix(' ')?;
         value.trim().parse().ok()
     })
+}
+
+/// Anything slower than this is a hang, not a slow answer: a bound that turns a stuck test
+/// into a failure, never a timing assertion.
+pub const HANG: Duration = Duration::from_secs(60);
+
+/// `POST /webhooks/stripe` to the server at `base`, signed now with the suite's secret as
+/// Stripe would sign it; the caller may add headers before sending.
+pub fn post_signed(client: &reqwest::Client, base: &str, body: &[u8]) -> reqwest::RequestBuilder {
+    client
+        .post(format!("{base}/webhooks/stripe"))
+        .header("Stripe-Signature", sign(SECRET, now(), body))
+        .body(body.to_vec())
+}
+
+/// Polls `check` until it succeeds and returns its value; fails the test with `what` and
+/// the last failure's detail once `HANG` has passed. For states to reach (readiness, a
+/// metric's value), never for timing.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + HANG;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(detail) => assert!(
+                std::time::Instant::now() < deadline,
+                "never reached: {what}\n{detail}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the server at `base` answers `GET /readyz` with 200.
+pub async fn wait_until_ready(client: &reqwest::Client, base: &str) {
+    eventually("GET /readyz answers 200", || async {
+        let response = client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("GET /readyz");
+        match into_json(response).await {
+            (StatusCode::OK, _) => Ok(()),
+            (status, body) => Err(format!("{status} {body}")),
+        }
+    })
+    .await
+}
+
+/// proptest's settings for the suite: `default_cases` cases unless `PROPTEST_CASES` says
+/// otherwise, and no failure persistence file.
+pub fn proptest_config(default_cases: u32) -> proptest::test_runner::Config {
+    let cases = match std::env::var("PROPTEST_CASES") {
+        Ok(cases) => cases.parse().expect("PROPTEST_CASES is a number"),
+        Err(_) => default_cases,
+    };
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
 }

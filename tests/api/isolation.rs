@@ -26,7 +26,7 @@ fn check_isolation(backend: Backend) {
     let db = runtime.block_on(TestDb::create(backend));
     let store = runtime.block_on(db.store());
     let runs = Cell::new(0usize);
-    let mut runner = TestRunner::new(permutation::config());
+    let mut runner = TestRunner::new(helpers::proptest_config(permutation::DEFAULT_CASES));
     let result = runner.run(&permutation::case(), |case| {
         let run = runs.replace(runs.get() + 1);
         runtime.block_on(check_case(&store, &case, run))

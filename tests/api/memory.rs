@@ -10,13 +10,12 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{
-    created, into_json, metric, now, sign, AppConfig, Backend, TestApp, TestDb, SECRET,
+    created, eventually, into_json, metric, now, post_signed, sign, AppConfig, Backend, TestApp,
+    TestDb, HANG, SECRET,
 };
 use crate::process::{serve_command, Served};
 
 const MIB: usize = 1_048_576;
-/// Anything slower than this is a hang, not a slow answer.
-const HANG: Duration = Duration::from_secs(60);
 const IN_FLIGHT: &str = "stripe_projector_body_bytes_in_flight";
 const OVERLOADED: &str = r#"stripe_projector_webhook_requests_total{outcome="overloaded"}"#;
 
@@ -50,18 +49,15 @@ async fn wait_for_metrics(
     what: &str,
     done: impl Fn(&str) -> bool,
 ) -> String {
-    let deadline = Instant::now() + HANG;
-    loop {
+    eventually(what, || async {
         let exposition = scrape(client, base).await;
         if done(&exposition) {
-            return exposition;
+            Ok(exposition)
+        } else {
+            Err(exposition)
         }
-        assert!(
-            Instant::now() < deadline,
-            "never reached: {what}\n{exposition}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// A client that sent a request head and all of its body but the last byte, then
@@ -214,10 +210,7 @@ async fn stalled_bodies_cannot_grow_memory_past_the_budget(backend: Backend) {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert_eq!(answer["error"], "missing_signature");
-    let signed = client
-        .post(format!("{base}/webhooks/stripe"))
-        .header("Stripe-Signature", sign(SECRET, now(), small.as_bytes()))
-        .body(small.clone())
+    let signed = post_signed(&client, &base, small.as_bytes())
         .send()
         .await
         .unwrap();
@@ -233,10 +226,7 @@ async fn stalled_bodies_cannot_grow_memory_past_the_budget(backend: Backend) {
     })
     .await;
     let (status, answer) = into_json(
-        client
-            .post(format!("{base}/webhooks/stripe"))
-            .header("Stripe-Signature", sign(SECRET, now(), small.as_bytes()))
-            .body(small)
+        post_signed(&client, &base, small.as_bytes())
             .send()
             .await
             .unwrap(),

@@ -13,7 +13,7 @@ use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{TestCaseError, TestRunner};
 use serde_json::{json, Value};
 use stripe_projector::domain::{AccountId, EmailKey};
 use stripe_projector::projection::{self, ReadModel};
@@ -22,7 +22,8 @@ use stripe_projector::stripe::event::{self, CustomerEvent, Delivery};
 
 use crate::helpers::{self, Backend, EventSpec, TestDb};
 
-const DEFAULT_CASES: u32 = 48;
+/// Cases of each property over generated histories, unless `PROPTEST_CASES` says otherwise.
+pub(crate) const DEFAULT_CASES: u32 = 48;
 
 /// Event accounts; `None` is a platform event (no `account`), tagged with the platform id.
 pub(crate) const ACCOUNTS: [Option<&str>; 3] = [Some("acct_A"), Some("acct_B"), None];
@@ -248,7 +249,7 @@ fn check_rule_7(backend: Backend) {
     let store = runtime.block_on(db.store());
     // Shrinking reruns cases: every run gets a fresh prefix, not every generated case.
     let runs = Cell::new(0usize);
-    let mut runner = TestRunner::new(config());
+    let mut runner = TestRunner::new(helpers::proptest_config(DEFAULT_CASES));
     let result = runner.run(&case(), |case| {
         let run = runs.replace(runs.get() + 1);
         runtime.block_on(check_case(&db, &store, &case, run))
@@ -258,19 +259,6 @@ fn check_rule_7(backend: Backend) {
     drop(db);
     if let Err(error) = result {
         panic!("rule 7 on {backend:?}: {error}");
-    }
-}
-
-/// 48 cases unless `PROPTEST_CASES` says otherwise; no failure persistence file.
-pub(crate) fn config() -> Config {
-    let cases = match std::env::var("PROPTEST_CASES") {
-        Ok(cases) => cases.parse().expect("PROPTEST_CASES is a number"),
-        Err(_) => DEFAULT_CASES,
-    };
-    Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
     }
 }
 

@@ -19,7 +19,7 @@ use crate::process::run;
 /// followed by replay all give the oracle's table.
 fn replay_and_prune_give_the_incremental_tables(backend: Backend) {
     let runtime = helpers::property_runtime();
-    let mut config = generated::config();
+    let mut config = helpers::proptest_config(generated::DEFAULT_CASES);
     config.cases = config.cases.div_ceil(2);
     let mut runner = TestRunner::new(config);
     let result = runner.run(&generated::case(), |case| {

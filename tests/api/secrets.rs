@@ -1,18 +1,18 @@
 //! Secrets and personal data in logs: at the default level and in the default text
 //! format, nothing a request carried that is private reaches the log: no webhook secret,
 //! no read or ensure token (right or wrong), no body, no email or name, whether the request was
-//! accepted or rejected. (`ops.rs` checks the JSON format.)
+//! accepted or rejected. (`ops/logs.rs` checks the JSON format.)
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{created, now, sign, Backend, TestDb, SECRET};
+use crate::helpers::{
+    created, now, post_signed, sign, Backend, TestDb, HANG, SECOND_SECRET, SECRET, UNKNOWN_SECRET,
+};
 use crate::process::{serve_command, Served};
 
-const OTHER_SECRET: &str = "whsec_text_logs_second_secret";
 const READ_TOKEN: &str = "read_token_text_logs";
 const WRONG_TOKEN: &str = "wrong_token_text_logs";
 const ENSURE_TOKEN: &str = "ensure_token_text_logs";
@@ -24,7 +24,7 @@ async fn text_logs_at_the_default_level_hold_no_secret_token_body_or_email() {
     let log_path = dir.path().join("serve.log");
     let mut command = serve_command(&db.url);
     command
-        .env("STRIPE_WEBHOOK_SECRET", format!("{OTHER_SECRET},{SECRET}"))
+        .env("STRIPE_WEBHOOK_SECRET", format!("{SECOND_SECRET},{SECRET}"))
         .env("READ_API_TOKEN", READ_TOKEN)
         .env("ENSURE_API_TOKEN", ENSURE_TOKEN)
         .env("MAX_BODY_BYTES", "4096")
@@ -49,7 +49,8 @@ async fn text_logs_at_the_default_level_hold_no_secret_token_body_or_email() {
     );
     event["data"]["object"]["name"] = json!("Namemarker Quokka");
     let body = event.to_string().into_bytes();
-    let stored = post(body.clone(), sign(SECRET, now(), &body))
+    let stored = post_signed(&client, &served.base, &body)
+        .send()
         .await
         .unwrap();
     assert_eq!(stored.status(), StatusCode::OK);
@@ -60,7 +61,7 @@ async fn text_logs_at_the_default_level_hold_no_secret_token_body_or_email() {
     let rejected = [
         // A wrong signature; the header even carries the secret's text.
         (body.clone(), format!("t={},v1={SECRET}", now())),
-        (body.clone(), sign("whsec_not_ours", now(), &body)),
+        (body.clone(), sign(UNKNOWN_SECRET, now(), &body)),
         (body.clone(), sign(SECRET, now() - 3600, &body)),
         (invalid.clone(), sign(SECRET, now(), &invalid)),
         (oversize, sign(SECRET, now(), b"")),
@@ -117,7 +118,7 @@ async fn text_logs_at_the_default_level_hold_no_secret_token_body_or_email() {
     }
 
     served.terminate();
-    let exit = served.wait_exit(Duration::from_secs(60)).expect("exits");
+    let exit = served.wait_exit(HANG).expect("exits");
     assert_eq!(exit.code(), Some(0));
     let text = std::fs::read_to_string(&log_path).unwrap();
     assert!(
@@ -125,7 +126,7 @@ async fn text_logs_at_the_default_level_hold_no_secret_token_body_or_email() {
         "the log is not what this test expects to search: {text}"
     );
     let lower = text.to_lowercase();
-    for private in [SECRET, OTHER_SECRET, READ_TOKEN, WRONG_TOKEN, ENSURE_TOKEN] {
+    for private in [SECRET, SECOND_SECRET, READ_TOKEN, WRONG_TOKEN, ENSURE_TOKEN] {
         assert!(!text.contains(private), "a secret is logged: {text}");
     }
     for private in [

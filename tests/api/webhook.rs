@@ -9,7 +9,8 @@ use stripe_projector::store::{AppendOutcome, Source};
 use stripe_projector::stripe::event::{self, Delivery};
 
 use crate::helpers::{
-    created, fixture, fixture_json, now, sign, AppConfig, Backend, TestApp, PLATFORM, SECRET,
+    created, fixture, fixture_json, now, sign, AppConfig, Backend, TestApp, PLATFORM,
+    SECOND_SECRET, SECRET, UNKNOWN_SECRET,
 };
 
 async fn new_customer_event_is_stored_with_its_account_tag_and_raw_payload(backend: Backend) {
@@ -219,8 +220,8 @@ async fn wrong_signature_is_a_mismatch_whatever_its_timestamp(backend: Backend) 
     let app = TestApp::spawn(backend).await;
     let body = fixture("redelivery/customer_created.json");
     let cases = [
-        sign("whsec_someone_else", now(), &body),
-        sign("whsec_someone_else", now() - 10_000, &body),
+        sign(UNKNOWN_SECRET, now(), &body),
+        sign(UNKNOWN_SECRET, now() - 10_000, &body),
         sign(SECRET, now(), b"another body"),
     ];
     for header in cases {
@@ -233,14 +234,15 @@ async fn wrong_signature_is_a_mismatch_whatever_its_timestamp(backend: Backend) 
 
 async fn any_configured_secret_and_any_v1_may_match(backend: Backend) {
     let config = AppConfig {
-        secrets: vec!["whsec_new".into(), "whsec_old".into()],
+        // A roll: the new secret first, the old one (the suite's) second.
+        secrets: vec![SECOND_SECRET.into(), SECRET.into()],
         ..AppConfig::default()
     };
     let app = TestApp::spawn_with(backend, config).await;
     let body = fixture("redelivery/customer_created.json");
     let t = now();
-    let old = sign("whsec_old", t, &body);
-    let unknown = sign("whsec_unknown", t, &body);
+    let old = sign(SECRET, t, &body);
+    let unknown = sign(UNKNOWN_SECRET, t, &body);
     // During a roll Stripe sends one v1 per active secret; ours need not be the last.
     let header = format!("{old},v1={}", unknown.split_once(",v1=").unwrap().1);
 
