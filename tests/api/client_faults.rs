@@ -4,9 +4,8 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
-use crate::helpers::{metric, Backend, TestDb};
+use crate::helpers::{eventually, metric, Backend, TestDb, HANG};
 use crate::process::{serve_command, Served};
 
 /// A request head declaring 100 bytes of body, and the first few of them.
@@ -22,9 +21,7 @@ fn partial_request(path: &str, extra_header: &str) -> Vec<u8> {
 /// timeout only turns a hang into a failure.
 fn stall(addr: &str, partial: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    stream.set_read_timeout(Some(HANG)).unwrap();
     stream.write_all(partial).unwrap();
     let mut answer = Vec::new();
     stream
@@ -45,20 +42,16 @@ async fn exposition(client: &reqwest::Client, base: &str) -> String {
     response.text().await.unwrap()
 }
 
-/// Polls `/metrics` until `series` reaches `value`; panics after 30 s.
+/// Polls `/metrics` until `series` reaches `value`.
 async fn wait_for_metric(client: &reqwest::Client, base: &str, series: &str, value: f64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(&format!("{series} reaches {value}"), || async {
         let text = exposition(client, base).await;
-        if metric(&text, series) == Some(value) {
-            return;
+        match metric(&text, series) {
+            Some(found) if found == value => Ok(()),
+            _ => Err(text),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{series} never reached {value}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 async fn stalled_and_closed_bodies_are_the_clients_outcomes(backend: Backend) {
@@ -97,7 +90,7 @@ async fn stalled_and_closed_bodies_are_the_clients_outcomes(backend: Backend) {
 
     let mut served = served;
     served.terminate();
-    assert!(served.wait_exit(Duration::from_secs(30)).is_some());
+    assert!(served.wait_exit(HANG).is_some());
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(!logged.contains("invalid_payload"), "{logged}");
     assert_eq!(

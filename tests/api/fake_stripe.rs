@@ -214,17 +214,15 @@ impl FakeStripe {
             .unwrap_or(0)
     }
 
-    /// Waits, polling, until at least `count` requests are in flight; panics after 30 s.
+    /// Waits, polling, until at least `count` requests are in flight.
     pub async fn wait_in_flight(&self, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.in_flight() < count {
-            assert!(
-                Instant::now() < deadline,
-                "{} of {count} requests in flight",
-                self.in_flight()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        crate::helpers::eventually(&format!("{count} requests in flight"), || async {
+            match self.in_flight() {
+                now if now >= count => Ok(()),
+                now => Err(format!("{now} in flight")),
+            }
+        })
+        .await
     }
 
     /// The customer the fake created under an idempotency key, on any account.

@@ -153,7 +153,7 @@ async fn serve_beyond_loopback_with_a_stripe_key_needs_an_ensure_token(backend: 
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn serve");
-    let exit = tokio::task::block_in_place(|| exit_within(&mut child, Duration::from_secs(30)));
+    let exit = tokio::task::block_in_place(|| exit_within(&mut child, crate::helpers::HANG));
     let mut stderr = String::new();
     child
         .stderr

@@ -10,7 +10,7 @@ mod stripe_limits;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -22,7 +22,9 @@ use stripe_projector::stripe::event::{self, Delivery};
 use stripe_projector::stripe::limiter::Limits;
 
 use crate::fake_stripe::{Behavior, Failure, FakeStripe, LIVE_KEY, TEST_KEY};
-use crate::helpers::{into_json, metric, AppConfig, Backend, TestApp, TestDb, PLATFORM};
+use crate::helpers::{
+    eventually, into_json, metric, AppConfig, Backend, TestApp, TestDb, PLATFORM,
+};
 use crate::process::{command, serve_command, Served};
 
 const A: &str = "acct_1OrganizerAaaaaaa";
@@ -58,13 +60,16 @@ async fn ensure_at(client: &reqwest::Client, base: &str, body: String) -> (Statu
     into_json(response).await
 }
 
-/// Waits, polling, until `condition` holds; panics after 30 s.
+/// Waits, polling, until `condition` holds.
 async fn wait_for(condition: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(Instant::now() < deadline, "condition not reached in 30 s");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("the condition holds", || async {
+        if condition() {
+            Ok(())
+        } else {
+            Err(String::new())
+        }
+    })
+    .await
 }
 
 async fn app_with_limits(backend: Backend, fake: &FakeStripe, limits: Limits) -> TestApp {
@@ -94,7 +99,7 @@ fn serve_with_stripe(db: &TestDb, api_base: &str, log: &Path, settings: &[(&str,
 /// Stops `serve` and returns everything it logged.
 fn stop_and_read_log(mut served: Served, log: &Path) -> String {
     served.terminate();
-    assert!(served.wait_exit(Duration::from_secs(30)).is_some());
+    assert!(served.wait_exit(crate::helpers::HANG).is_some());
     std::fs::read_to_string(log).unwrap()
 }
 
