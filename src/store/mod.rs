@@ -155,7 +155,7 @@ impl<'a> EventRow<'a> {
         Self {
             event_id: event.id.as_str(),
             account: event.account.as_str(),
-            event_type: &event.event_type,
+            event_type: event.event_type.as_str(),
             created: event.created,
             livemode: event.livemode,
             object_id: event.object_id.as_deref(),
@@ -403,7 +403,13 @@ pub(crate) fn record_appends<'e>(
             } => (true, projection_error.is_some()),
             AppendOutcome::Duplicate => (false, false),
         };
-        metrics::append_finished(&event.event_type, source, elapsed, stored, projection_error);
+        metrics::append_finished(
+            event.event_type.as_str(),
+            source,
+            elapsed,
+            stored,
+            projection_error,
+        );
     }
 }
 
