@@ -208,3 +208,33 @@ mod tests {
         assert_eq!(Version::decode("garbage"), None);
     }
 }
+
+#[cfg(test)]
+mod migration_tests {
+    use super::*;
+
+    /// Migration 0002 fills `deleted` for the rows logged before it, with this fragment.
+    #[test]
+    fn migration_0002_reads_deleted_from_the_version_like_decode() {
+        for migration in [
+            include_str!("../../migrations/sqlite/0002_events_deleted.sql"),
+            include_str!("../../migrations/postgres/0002_events_deleted.sql"),
+        ] {
+            assert!(migration.contains(&format!("deleted = {DELETED_FROM_VERSION_SQL}")));
+        }
+        assert_eq!(DELETED_FROM_VERSION_SQL, "substr(version, 1, 1) = '1'");
+        let deleted = Version {
+            deleted: true,
+            created: 0,
+            rank: TypeRank::Created,
+            event_id: EventId::parse("evt_1").unwrap(),
+        };
+        assert!(deleted.encode().starts_with('1'));
+        assert!(Version {
+            deleted: false,
+            ..deleted
+        }
+        .encode()
+        .starts_with('0'));
+    }
+}

@@ -143,6 +143,7 @@ struct EventRow<'a> {
     name: Option<&'a str>,
     customer_created: Option<i64>,
     version: Option<String>,
+    deleted: Option<bool>,
     projection_error: Option<&'a str>,
 }
 
@@ -166,6 +167,7 @@ impl<'a> EventRow<'a> {
             name: snapshot.and_then(|s| s.name.as_deref()),
             customer_created: snapshot.map(|s| s.customer_created),
             version: snapshot.map(|s| s.version.encode()),
+            deleted: snapshot.map(|s| s.version.deleted),
             projection_error: match effect {
                 Effect::Error(reason) => Some(reason),
                 Effect::Snapshot(_) | Effect::None => None,
