@@ -20,4 +20,5 @@ mod process;
 mod replay;
 mod rules;
 mod secrets;
+mod sql_mirrors;
 mod webhook;
