@@ -9,7 +9,8 @@
 //! - rule 6: the log rows the projecting-types fragment selects against
 //!   `EventType::projects`;
 //! - rule 5: random customer rows written straight into the customer table, and
-//!   checkout's answer for each key against `canonical::canonical`.
+//!   checkout's answer for each key against `canonical::canonical`;
+//! - migration 0002: a log written before it gets `deleted` from each version.
 //!
 //! One database per backend serves a whole run; each case writes under an account of its
 //! own and removes its rows afterwards, so a rebuild sees one case at a time.
@@ -384,4 +385,139 @@ async fn table(store: &Store, account: &str) -> Result<Vec<Row>, TestCaseError> 
         .collect();
     rows.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
     Ok(rows)
+}
+
+on_both_backends!(migration_0002_fills_deleted_from_each_logged_version);
+
+/// A log written before migration 0002 gets its `deleted` column from the version text,
+/// and a rebuild then reads it: the tombstone stays a tombstone.
+async fn migration_0002_fills_deleted_from_each_logged_version(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    migrate_to_0001(&db, backend).await;
+    let version = |deleted: bool, rank: TypeRank, id: &str| {
+        Version {
+            deleted,
+            created: 5,
+            rank,
+            event_id: EventId::parse(id).expect("an event id"),
+        }
+        .encode()
+    };
+    let rows = [
+        (
+            "evt_1",
+            "customer.created",
+            "cus_1",
+            Some(version(false, TypeRank::Created, "evt_1")),
+        ),
+        (
+            "evt_2",
+            "customer.deleted",
+            "cus_1",
+            Some(version(true, TypeRank::Deleted, "evt_2")),
+        ),
+        (
+            "evt_3",
+            "customer.updated",
+            "cus_2",
+            Some(version(false, TypeRank::Updated, "evt_3")),
+        ),
+        ("evt_4", "customer.subscription.created", "cus_2", None),
+    ];
+    for (id, event_type, customer, version) in &rows {
+        let version = version
+            .as_ref()
+            .map_or("NULL".to_owned(), |v| format!("'{v}'"));
+        db.execute(&format!(
+            "INSERT INTO events (event_id, account, type, created, livemode, source, payload,
+                                 customer_id, customer_created, version, projection_version)
+             VALUES ('{id}', 'acct_1', '{event_type}', 5, FALSE, 'webhook', '{{}}',
+                     '{customer}', 1, {version}, {current})",
+            current = projection::PROJECTION_VERSION,
+        ))
+        .await;
+    }
+    let store = db.store().await;
+    let found = db
+        .fetch_strings(
+            "SELECT event_id || ' ' || CASE WHEN deleted IS NULL THEN 'null'
+                                           WHEN deleted THEN 'true' ELSE 'false' END
+             FROM events ORDER BY event_id",
+        )
+        .await;
+    assert_eq!(
+        found,
+        ["evt_1 false", "evt_2 true", "evt_3 false", "evt_4 null"]
+    );
+    if backend == Backend::Postgres {
+        refuses_a_snapshot_without_deleted(&db).await;
+    }
+    replay::rebuild(&store, RebuildKind::Replace, &Silent)
+        .await
+        .expect("rebuild");
+    let customers: Vec<(String, bool, String)> = store
+        .customers()
+        .await
+        .expect("customers")
+        .into_iter()
+        .map(|c| (c.customer_id, c.deleted, c.last_event_id))
+        .collect();
+    assert_eq!(
+        customers,
+        [
+            ("cus_1".to_owned(), true, "evt_2".to_owned()),
+            ("cus_2".to_owned(), false, "evt_3".to_owned())
+        ]
+    );
+    drop(store);
+}
+
+/// Applies only the first migration of `backend`, as a release before 0002 left it.
+async fn migrate_to_0001(db: &TestDb, backend: Backend) {
+    use sqlx::migrate::Migrator;
+    use sqlx::ConnectOptions;
+    let folder = match backend {
+        Backend::Sqlite => "migrations/sqlite",
+        Backend::Postgres => "migrations/postgres",
+    };
+    let mut migrator = Migrator::new(std::path::Path::new(folder))
+        .await
+        .expect("migrations");
+    migrator.migrations = migrator.migrations[..1].to_vec().into();
+    assert_eq!(migrator.migrations[0].version, 1);
+    match backend {
+        Backend::Sqlite => {
+            let options: sqlx::sqlite::SqliteConnectOptions = db.url.parse().expect("url");
+            let mut connection = options
+                .create_if_missing(true)
+                .connect()
+                .await
+                .expect("connect");
+            migrator.run(&mut connection).await.expect("migration 0001");
+        }
+        Backend::Postgres => {
+            let options: sqlx::postgres::PgConnectOptions = db.url.parse().expect("url");
+            let mut connection = options.connect().await.expect("connect");
+            migrator.run(&mut connection).await.expect("migration 0001");
+        }
+    }
+}
+
+/// PostgreSQL: after 0002, a snapshot logged without `deleted` (as a process of an older
+/// release would write it) is refused.
+async fn refuses_a_snapshot_without_deleted(db: &TestDb) {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let refused = sqlx::query(
+        "INSERT INTO events (event_id, account, type, created, livemode, source, payload,
+                             customer_id, customer_created, version, projection_version)
+         VALUES ('evt_old', 'acct_1', 'customer.updated', 6, FALSE, 'webhook', '{}',
+                 'cus_2', 1, '0x', 2)",
+    )
+    .execute(&mut connection)
+    .await;
+    assert!(
+        matches!(&refused, Err(sqlx::Error::Database(e)) if e.is_check_violation()),
+        "{refused:?}"
+    );
 }
