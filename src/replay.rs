@@ -10,7 +10,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::domain::{AccountId, CustomerId, EmailKey, EventId};
-use crate::projection::{self, Effect, Projected, Snapshot, Version, PROJECTION_VERSION};
+use crate::projection::{
+    self, Effect, EventType, Projected, Snapshot, Version, PROJECTION_VERSION,
+};
 use crate::store::{Difference, LogRecord, RebuildKind, Store, StoreError};
 use crate::stripe::event::{self, CustomerEvent};
 
@@ -122,10 +124,8 @@ async fn flush(
 /// events too). Events that cannot be projected contribute nothing (they were recorded as
 /// projection errors when they arrived).
 pub fn project(record: &LogRecord) -> Option<Projected> {
-    if !matches!(
-        record.event_type.as_str(),
-        "customer.created" | "customer.updated" | "customer.deleted"
-    ) {
+    let event_type = EventType::parse(&record.event_type);
+    if !event_type.projects() {
         return None;
     }
     let account = AccountId::parse(&record.account).ok()?;
@@ -134,7 +134,7 @@ pub fn project(record: &LogRecord) -> Option<Projected> {
     }
     let event = CustomerEvent {
         id: EventId::parse(&record.event_id).ok()?,
-        event_type: record.event_type.clone(),
+        event_type,
         account,
         created: record.created,
         livemode: record.livemode,

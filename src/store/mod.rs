@@ -189,6 +189,7 @@ struct EventRow<'a> {
     name: Option<&'a str>,
     customer_created: Option<i64>,
     version: Option<String>,
+    deleted: Option<bool>,
     projection_error: Option<&'a str>,
 }
 
@@ -201,7 +202,7 @@ impl<'a> EventRow<'a> {
         Self {
             event_id: event.id.as_str(),
             account: event.account.as_str(),
-            event_type: &event.event_type,
+            event_type: event.event_type.as_str(),
             created: event.created,
             livemode: event.livemode,
             object_id: event.object_id.as_deref(),
@@ -212,6 +213,7 @@ impl<'a> EventRow<'a> {
             name: snapshot.and_then(|s| s.name.as_deref()),
             customer_created: snapshot.map(|s| s.customer_created),
             version: snapshot.map(|s| s.version.encode()),
+            deleted: snapshot.map(|s| s.version.deleted),
             projection_error: match effect {
                 Effect::Error(reason) => Some(reason),
                 Effect::Snapshot(_) | Effect::None => None,
@@ -449,7 +451,13 @@ pub(crate) fn record_appends<'e>(
             } => (true, projection_error.is_some()),
             AppendOutcome::Duplicate => (false, false),
         };
-        metrics::append_finished(&event.event_type, source, elapsed, stored, projection_error);
+        metrics::append_finished(
+            event.event_type.as_str(),
+            source,
+            elapsed,
+            stored,
+            projection_error,
+        );
     }
 }
 

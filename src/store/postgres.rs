@@ -16,6 +16,9 @@ use sqlx::{PgPool, Postgres};
 use super::{
     in_key_order, AppendOutcome, AppendPlan, Customer, EventRow, NumberedCustomer, Source,
 };
+use crate::projection::canonical::{self, CANDIDATE_SQL, CANONICAL_ORDER_SQL};
+use crate::projection::order::NEWEST_FIRST_SQL;
+use crate::projection::types::PROJECTED_TYPES_SQL;
 use crate::projection::{Effect, PROJECTION_VERSION};
 use crate::stripe::event::CustomerEvent;
 
@@ -68,33 +71,34 @@ impl PgStore {
 /// A batch of appends as ONE statement, so one round trip and its own transaction: the
 /// events go in as one array per column (the text, and its prepared form, is the same for
 /// every batch), and the customer rows come from the events this statement stored, each
-/// customer's newest (`$17`) only. Locks are taken in one order: event ids sorted (the
+/// customer's newest (`$18`) only. Locks are taken in one order: event ids sorted (the
 /// arrays are), then, once every event is in (the sort waits for all of them), customer
 /// rows sorted by key.
 static APPEND_BATCH: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH inserted AS (
              {events}
-             SELECT *, $15, $16
+             SELECT *, $16, $17
              FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::boolean[],
                          $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                         $11::text[], $12::bigint[], $13::text[], $14::text[])
+                         $11::text[], $12::bigint[], $13::text[], $14::boolean[],
+                         $15::text[])
              ON CONFLICT (event_id) DO NOTHING
              RETURNING seq, event_id, account, livemode, customer_id, email, email_key, name,
-                       customer_created, version, created
+                       customer_created, version, deleted, created
          ), projected AS (
              {customers}
              SELECT account, livemode, customer_id, email, email_key, name, customer_created,
-                    substr(version, 1, 1) = '1', version, event_id, created
+                    deleted, version, event_id, created
              FROM inserted
-             WHERE version IS NOT NULL AND event_id = ANY($17::text[])
+             WHERE version IS NOT NULL AND event_id = ANY($18::text[])
              ORDER BY account, livemode, customer_id
              {upsert}
          )
          SELECT seq, event_id FROM inserted",
         events = queries::INSERT_EVENTS_HEAD,
         customers = queries::UPSERT_CUSTOMERS_HEAD.replace("{table}", "customers"),
-        upsert = queries::UPSERT_CUSTOMERS_TAIL,
+        upsert = *queries::UPSERT_CUSTOMERS_TAIL,
     )
 });
 
@@ -125,6 +129,7 @@ pub(super) async fn append_many(
         .bind(column(rows, |r| r.name))
         .bind(column(rows, |r| r.customer_created))
         .bind(column(rows, |r| r.version.as_deref()))
+        .bind(column(rows, |r| r.deleted))
         .bind(column(rows, |r| r.projection_error))
         .bind(source.as_str())
         .bind(PROJECTION_VERSION)
@@ -134,16 +139,10 @@ pub(super) async fn append_many(
     Ok(plan.outcomes(stored))
 }
 
-/// Checkout's customer for each `(account, livemode, email key)`, in order, in one
-/// statement: each key is one index search, and the statement's round trip is shared.
-pub(super) async fn canonical_many(
-    pool: &PgPool,
-    keys: &[(&str, bool, &str)],
-) -> Result<Vec<Option<Customer>>, sqlx::Error> {
-    let accounts: Vec<&str> = keys.iter().map(|key| key.0).collect();
-    let modes: Vec<bool> = keys.iter().map(|key| key.1).collect();
-    let emails: Vec<&str> = keys.iter().map(|key| key.2).collect();
-    let rows: Vec<NumberedCustomer> = sqlx::query_as(
+/// Checkout's customer for each `(account, livemode, email key)` (arrays `$1`, `$2`,
+/// `$3`), numbered by the key's position from 0: rule 5's first candidate of each key.
+static CANONICAL_MANY: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "SELECT key.i - 1 AS i, c.customer_id, c.account, c.email, c.livemode, c.name,
                 c.last_event_id, c.last_event_created
          FROM unnest($1::text[], $2::boolean[], $3::text[]) WITH ORDINALITY
@@ -152,34 +151,50 @@ pub(super) async fn canonical_many(
              SELECT * FROM customers
              WHERE customers.account = key.account AND customers.livemode = key.livemode
                AND customers.email_key = key.email_key
-               AND customers.deleted = FALSE AND customers.email_key IS NOT NULL
-             ORDER BY customers.customer_created, customers.customer_id
+               AND {CANDIDATE_SQL}
+             ORDER BY {CANONICAL_ORDER_SQL}
              LIMIT 1
-         ) AS c",
+         ) AS c"
     )
-    .bind(&accounts)
-    .bind(&modes)
-    .bind(&emails)
-    .fetch_all(pool)
-    .await?;
+});
+
+/// Checkout's customer for each `(account, livemode, email key)`, in order, in one
+/// statement (see [`CANONICAL_MANY`]): each key is one index search, and the statement's
+/// round trip is shared.
+pub(super) async fn canonical_many(
+    pool: &PgPool,
+    keys: &[(&str, bool, &str)],
+) -> Result<Vec<Option<Customer>>, sqlx::Error> {
+    let accounts: Vec<&str> = keys.iter().map(|key| key.0).collect();
+    let modes: Vec<bool> = keys.iter().map(|key| key.1).collect();
+    let emails: Vec<&str> = keys.iter().map(|key| key.2).collect();
+    let rows: Vec<NumberedCustomer> = sqlx::query_as(&CANONICAL_MANY)
+        .bind(&accounts)
+        .bind(&modes)
+        .bind(&emails)
+        .fetch_all(pool)
+        .await?;
     in_key_order(rows, keys.len())
 }
 
 /// Every customer's newest snapshot among the events up to `{upto}` that the current
 /// projection (`{current}`) extracted, as a new table: one sort of the log by key, newest
-/// first, keeping the first row of each key. `CREATE TABLE ... AS` may scan and sort on
-/// parallel workers, which `INSERT ... SELECT` may not (1.7 s of 4.5 s saved on a million
-/// events). Its columns are the live table's, in order, with their types and collations;
+/// first (rule 3), keeping the first row of each key; only types that project (rule 6).
+/// `CREATE TABLE ... AS` may scan and sort on parallel workers, which `INSERT ... SELECT`
+/// may not (1.7 s of 4.5 s saved on a million events). Its columns are the live table's, in order, with their types and collations;
 /// [`rebuild_from_columns`] adds the constraints.
-const REBUILD_FROM_COLUMNS: &str = "
-    CREATE TABLE {aside} AS
-    SELECT DISTINCT ON (account, livemode, customer_id)
-           account, livemode, customer_id, email, email_key, name, customer_created,
-           substr(version, 1, 1) = '1' AS deleted, version, event_id AS last_event_id,
-           created AS last_event_created
-    FROM events
-    WHERE seq <= {upto} AND projection_version >= {current} AND version IS NOT NULL
-    ORDER BY account, livemode, customer_id, version DESC";
+static REBUILD_FROM_COLUMNS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "CREATE TABLE {{aside}} AS
+         SELECT DISTINCT ON (account, livemode, customer_id)
+                account, livemode, customer_id, email, email_key, name, customer_created,
+                deleted, version, event_id AS last_event_id, created AS last_event_created
+         FROM events
+         WHERE seq <= {{upto}} AND projection_version >= {{current}} AND version IS NOT NULL
+           AND {PROJECTED_TYPES_SQL}
+         ORDER BY account, livemode, customer_id, {NEWEST_FIRST_SQL}"
+    )
+});
 
 /// Creates and fills the aside table (see [`REBUILD_FROM_COLUMNS`]), then indexes it: its
 /// primary key and checkout's index are built side by side, each in one pass over the
@@ -208,11 +223,7 @@ pub(super) async fn rebuild_from_columns(
     let key = format!(
         "CREATE UNIQUE INDEX customers_pkey_{token} ON {aside} (account, livemode, customer_id)"
     );
-    let checkout = format!(
-        "CREATE INDEX customers_by_email_{token}
-            ON {aside} (account, livemode, email_key, customer_created, customer_id)
-            WHERE deleted = FALSE AND email_key IS NOT NULL"
-    );
+    let checkout = canonical::checkout_index_sql(&format!("customers_by_email_{token}"), aside);
     tokio::try_join!(
         sqlx::query(&key).execute(pool),
         sqlx::query(&checkout).execute(pool)

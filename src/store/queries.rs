@@ -3,8 +3,12 @@
 // dialect differences (types, collations, locking) live in the migrations and in
 // sqlite.rs / postgres.rs, not here.
 
+use std::sync::LazyLock;
+
 use sqlx::{Pool, Transaction};
 
+use crate::projection::order::{SUPERSEDED_SQL, SUPERSEDES_SQL};
+use crate::projection::types::PROJECTED_TYPES_SQL;
 use crate::projection::{Projected, PROJECTION_VERSION};
 
 use crate::store::{
@@ -12,7 +16,6 @@ use crate::store::{
     ProjectedCustomer, Status,
 };
 
-/// Rule 5: the oldest live customer with this email, then the smallest id.
 const ALL_CUSTOMERS: &str = "
     SELECT account, livemode, customer_id, email, email_key, name, customer_created, deleted,
            version, last_event_id, last_event_created
@@ -43,14 +46,19 @@ const LOG_RANGE: &str = "
     ORDER BY seq
     LIMIT $4";
 
-/// Only the events whose projection is older than `$3`: what must be parsed again.
-const STALE_LOG_RANGE: &str = "
-    SELECT seq, event_id, account, type AS event_type, created, livemode, projection_version,
-           customer_id, email, email_key, name, customer_created, version, payload
-    FROM events
-    WHERE seq > $1 AND seq <= $2 AND projection_version < $3
-    ORDER BY seq
-    LIMIT $4";
+/// Only the events whose projection is older than `$3` and whose type projects (rule 6):
+/// what must be parsed again.
+static STALE_LOG_RANGE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT seq, event_id, account, type AS event_type, created, livemode,
+                projection_version, customer_id, email, email_key, name, customer_created,
+                version, payload
+         FROM events
+         WHERE seq > $1 AND seq <= $2 AND projection_version < $3 AND {PROJECTED_TYPES_SQL}
+         ORDER BY seq
+         LIMIT $4"
+    )
+});
 
 /// Rows that differ between a rebuilt table and the live one, both ways.
 const DIFFERENCES: &str = "
@@ -74,15 +82,19 @@ const DIFFERENCES: &str = "
 /// A snapshot may go when a newer snapshot of the same customer is in the log: it no
 /// longer decides its row, and a rebuild without it gives the same table. The customer
 /// table holds the newest version of each customer (it commits with the log), so it
-/// answers "is there a newer one" through its primary key.
-const PRUNE_SUPERSEDED: &str = "
-    DELETE FROM events
-    WHERE created < $1
-      AND version IS NOT NULL
-      AND version < (SELECT c.version FROM customers c
-                     WHERE c.account = events.account
-                       AND c.livemode = events.livemode
-                       AND c.customer_id = events.customer_id)";
+/// answers "is there a newer one" through its primary key (rule 3's order).
+static PRUNE_SUPERSEDED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "DELETE FROM events
+         WHERE created < $1
+           AND version IS NOT NULL
+           AND EXISTS (SELECT 1 FROM customers c
+                       WHERE c.account = events.account
+                         AND c.livemode = events.livemode
+                         AND c.customer_id = events.customer_id
+                         AND {SUPERSEDED_SQL})"
+    )
+});
 
 fn with_table(sql: &str, table: &str) -> String {
     sql.replace("{table}", table).replace("{aside}", table)
@@ -97,7 +109,7 @@ const ROWS_PER_STATEMENT: usize = 256;
 pub(super) const INSERT_EVENTS_HEAD: &str = "
     INSERT INTO events (event_id, account, type, created, livemode, object_id, payload,
                         customer_id, email, email_key, name, customer_created, version,
-                        projection_error, source, projection_version) ";
+                        deleted, projection_error, source, projection_version) ";
 
 pub(super) const UPSERT_CUSTOMERS_HEAD: &str = "
     INSERT INTO {table} AS c (account, livemode, customer_id, email, email_key, name,
@@ -106,17 +118,20 @@ pub(super) const UPSERT_CUSTOMERS_HEAD: &str = "
 
 /// Keeps the newer snapshot of a customer row (rule 3); shared by every write of the
 /// customer table.
-pub(super) const UPSERT_CUSTOMERS_TAIL: &str = "
-    ON CONFLICT (account, livemode, customer_id) DO UPDATE SET
-        email = excluded.email,
-        email_key = excluded.email_key,
-        name = excluded.name,
-        customer_created = excluded.customer_created,
-        deleted = excluded.deleted,
-        version = excluded.version,
-        last_event_id = excluded.last_event_id,
-        last_event_created = excluded.last_event_created
-    WHERE excluded.version > c.version";
+pub(super) static UPSERT_CUSTOMERS_TAIL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "ON CONFLICT (account, livemode, customer_id) DO UPDATE SET
+             email = excluded.email,
+             email_key = excluded.email_key,
+             name = excluded.name,
+             customer_created = excluded.customer_created,
+             deleted = excluded.deleted,
+             version = excluded.version,
+             last_event_id = excluded.last_event_id,
+             last_event_created = excluded.last_event_created
+         WHERE {SUPERSEDES_SQL}"
+    )
+});
 
 /// Splits rows into chunks whose sizes are powers of two (at most `ROWS_PER_STATEMENT`),
 /// so that a handful of statement shapes serve every batch size and stay prepared in the
@@ -159,7 +174,7 @@ async fn upsert_many(
                 .push_bind(snapshot.version.event_id.as_str())
                 .push_bind(snapshot.version.created);
         });
-        query.push(UPSERT_CUSTOMERS_TAIL);
+        query.push(UPSERT_CUSTOMERS_TAIL.as_str());
         query.build().execute(&mut **tx).await?;
     }
     Ok(())
@@ -237,7 +252,7 @@ pub(in crate::store) async fn log_page(
     only_stale: bool,
 ) -> Result<Vec<LogRecord>, sqlx::Error> {
     sqlx::query_as(if only_stale {
-        STALE_LOG_RANGE
+        STALE_LOG_RANGE.as_str()
     } else {
         LOG_RANGE
     })
@@ -304,7 +319,7 @@ pub(in crate::store) async fn prune_superseded(
     pool: &Pool<Db>,
     older_than: i64,
 ) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(PRUNE_SUPERSEDED)
+    let done = sqlx::query(&PRUNE_SUPERSEDED)
         .bind(older_than)
         .execute(pool)
         .await?;

@@ -20,6 +20,7 @@ mod writer;
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
@@ -27,6 +28,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool};
 
 use super::{in_key_order, AppendOutcome, Customer, Source, StoreError};
+use crate::projection::canonical::{self, CANDIDATE_SQL, CANONICAL_ORDER_SQL};
+use crate::projection::order::NEWEST_SQL;
+use crate::projection::types::PROJECTED_TYPES_SQL;
 use crate::projection::Effect;
 use crate::stripe::event::CustomerEvent;
 
@@ -149,19 +153,22 @@ impl SqliteStore {
 /// Checkout's customer for each `(account, livemode, email key)` of the JSON array `?1`
 /// (`[[account, livemode as 0 or 1, email key], ...]`) that has one, numbered by the
 /// key's position: the statement's text (and its prepared form) is the same for any
-/// number of keys, and each key is one index search.
-const CANONICAL_MANY: &str = "
-    SELECT CAST(key.key AS INTEGER) AS i, c.customer_id, c.account, c.email, c.livemode,
-           c.name, c.last_event_id, c.last_event_created
-    FROM json_each(?1) AS key
-    JOIN customers AS c ON c.rowid = (
-        SELECT rowid FROM customers
-        WHERE account = key.value ->> 0 AND livemode = key.value ->> 1
-          AND email_key = key.value ->> 2
-          AND deleted = FALSE AND email_key IS NOT NULL
-        ORDER BY customer_created, customer_id
-        LIMIT 1
-    )";
+/// number of keys, and each key is one index search for rule 5's first candidate.
+static CANONICAL_MANY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT CAST(key.key AS INTEGER) AS i, c.customer_id, c.account, c.email, c.livemode,
+                c.name, c.last_event_id, c.last_event_created
+         FROM json_each(?1) AS key
+         JOIN customers AS c ON c.rowid = (
+             SELECT rowid FROM customers
+             WHERE account = key.value ->> 0 AND livemode = key.value ->> 1
+               AND email_key = key.value ->> 2
+               AND {CANDIDATE_SQL}
+             ORDER BY {CANONICAL_ORDER_SQL}
+             LIMIT 1
+         )"
+    )
+});
 
 /// A connection of our own threads (see `writer.rs`, `readers.rs`) with the settings of
 /// every connection of ours (see [`options`]), then `extra`.
@@ -186,16 +193,22 @@ fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), 
 /// Every customer's newest snapshot among the events up to `$1` that the current
 /// projection (`$2`) extracted, in key order (so the primary key fills by appending). One
 /// sorted aggregation: in a group with a single `max()`, SQLite takes the other columns
-/// from the row holding the maximum (its documented "bare column" rule).
-const REBUILD_FROM_COLUMNS: &str = "
-    INSERT INTO {aside} (account, livemode, customer_id, email, email_key, name,
-                         customer_created, deleted, version, last_event_id, last_event_created)
-    SELECT account, livemode, customer_id, email, email_key, name, customer_created,
-           substr(version, 1, 1) = '1', max(version), event_id, created
-    FROM events
-    WHERE seq <= $1 AND projection_version >= $2 AND version IS NOT NULL
-    GROUP BY account, livemode, customer_id
-    ORDER BY account, livemode, customer_id";
+/// from the row holding the maximum (its documented "bare column" rule), so the newest
+/// version of rule 3 brings its row. Only types that project (rule 6).
+static REBUILD_FROM_COLUMNS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO {{aside}} (account, livemode, customer_id, email, email_key, name,
+                               customer_created, deleted, version, last_event_id,
+                               last_event_created)
+         SELECT account, livemode, customer_id, email, email_key, name, customer_created,
+                deleted, {NEWEST_SQL}, event_id, created
+         FROM events
+         WHERE seq <= $1 AND projection_version >= $2 AND version IS NOT NULL
+           AND {PROJECTED_TYPES_SQL}
+         GROUP BY account, livemode, customer_id
+         ORDER BY account, livemode, customer_id"
+    )
+});
 
 /// Creates the aside table, fills it with the rebuild's one statement (see
 /// [`REBUILD_FROM_COLUMNS`]) and builds checkout's index on it, on a connection whose
@@ -228,13 +241,8 @@ async fn fill_and_index(
         .execute(&mut *connection)
         .await?
         .rows_affected();
-    sqlx::query(&format!(
-        "CREATE INDEX customers_by_email_{token}
-            ON {aside} (account, livemode, email_key, customer_created, customer_id)
-            WHERE deleted = FALSE AND email_key IS NOT NULL"
-    ))
-    .execute(&mut *connection)
-    .await?;
+    let checkout = canonical::checkout_index_sql(&format!("customers_by_email_{token}"), aside);
+    sqlx::query(&checkout).execute(&mut *connection).await?;
     Ok(rows)
 }
 

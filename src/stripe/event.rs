@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::domain::{AccountId, EventId, InvalidValue};
+use crate::projection::EventType;
 
 /// A verified delivery after parsing. Built once per delivery and taken apart at once, so
 /// the difference in size between its variants costs nothing worth a box.
@@ -25,7 +26,7 @@ pub enum Delivery {
 #[derive(Debug, Clone)]
 pub struct CustomerEvent {
     pub id: EventId,
-    pub event_type: String,
+    pub event_type: EventType,
     /// The event's `account`, else the platform's id.
     pub account: AccountId,
     pub created: i64,
@@ -121,7 +122,7 @@ pub fn parse(body: &[u8], platform: &AccountId) -> Result<Delivery, PayloadError
     if event_type.chars().any(char::is_control) {
         return Err(PayloadError::ControlCharacter("type"));
     }
-    let event_type = event_type.to_owned();
+    let event_type = EventType::parse(event_type);
     let created = envelope
         .created
         .as_ref()

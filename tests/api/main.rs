@@ -22,4 +22,5 @@ mod process;
 mod replay;
 mod rules;
 mod secrets;
+mod sql_mirrors;
 mod webhook;

@@ -76,7 +76,7 @@ fn read_each(connection: &Connection, queue: &Mutex<mpsc::Receiver<Job>>) {
 }
 
 fn read(connection: &Connection, keys: &str) -> Result<Vec<NumberedCustomer>, rusqlite::Error> {
-    let mut statement = connection.prepare_cached(CANONICAL_MANY)?;
+    let mut statement = connection.prepare_cached(&CANONICAL_MANY)?;
     let rows = statement.query_map([keys], |row| {
         Ok(NumberedCustomer {
             i: row.get(0)?,

@@ -288,6 +288,7 @@ fn write(connection: &mut Connection, jobs: &[Job]) -> Result<Vec<AppendOutcome>
             bind(&row.name)?;
             bind(&row.customer_created)?;
             bind(&row.version)?;
+            bind(&row.deleted)?;
             bind(&row.projection_error)?;
             bind(&source.as_str())?;
             bind(&PROJECTION_VERSION)?;
@@ -309,7 +310,7 @@ fn write(connection: &mut Connection, jobs: &[Job]) -> Result<Vec<AppendOutcome>
 /// Inserts `rows` event rows, each of [`EventRow`]'s columns then source and projection
 /// version; returns `(seq, event_id)` of the rows that were new.
 fn insert_events_sql(rows: usize) -> String {
-    let row = format!("({})", vec!["?"; 16].join(", "));
+    let row = format!("({})", vec!["?"; 17].join(", "));
     format!(
         "{INSERT_EVENTS_HEAD} VALUES {}
          ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id",
@@ -322,12 +323,12 @@ fn project_newest_sql() -> String {
     format!(
         "{head}
          SELECT e.account, e.livemode, e.customer_id, e.email, e.email_key, e.name,
-                e.customer_created, substr(e.version, 1, 1) = '1', e.version, e.event_id,
-                e.created
+                e.customer_created, e.deleted, e.version, e.event_id, e.created
          FROM json_each(?1) AS newest JOIN events AS e ON e.event_id = newest.value
          WHERE e.version IS NOT NULL
-         {UPSERT_CUSTOMERS_TAIL}",
+         {tail}",
         head = UPSERT_CUSTOMERS_HEAD.replace("{table}", "customers"),
+        tail = *UPSERT_CUSTOMERS_TAIL,
     )
 }
 

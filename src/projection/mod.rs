@@ -1,15 +1,27 @@
 //! The projection rules, as pure functions: what a `customer.*` event contributes, which
 //! snapshot of a customer wins, and which customer checkout gets for an email.
 //!
-//! The store persists these answers; it never decides. [`ReadModel`] applies the same
-//! rules in memory and is the oracle the storage tests compare against.
+//! One module per rule, each with the SQL fragments that mirror it in the store's
+//! statements: [`order`] (rule 3), [`email`] (rule 4), [`canonical`] (rule 5), [`types`]
+//! (rule 6). The store persists these answers and repeats the rules only through those
+//! fragments. [`ReadModel`] applies the rules in memory and is the oracle the storage
+//! tests compare against.
+
+pub mod canonical;
+pub mod email;
+pub mod order;
+pub mod types;
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::domain::{self, AccountId, CustomerId, EmailKey, EventId, InvalidEmail};
+use crate::domain::{self, AccountId, CustomerId, EmailKey};
 use crate::stripe::event::CustomerEvent;
+
+pub use canonical::canonical_order;
+pub use order::{newest_per_customer, supersedes, TypeRank, Version};
+pub use types::EventType;
 
 /// The version of [`effect_of`]: stored with every event, next to what it extracted.
 /// Bump it whenever `effect_of` could give another answer for the same event; `replay`
@@ -47,80 +59,6 @@ pub struct Snapshot {
     pub version: Version,
 }
 
-/// The rank of a snapshot type within one second (rule 3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum TypeRank {
-    Created = 0,
-    Updated = 1,
-    Deleted = 2,
-}
-
-impl TypeRank {
-    fn of(event_type: &str) -> Option<Self> {
-        match event_type {
-            "customer.created" => Some(Self::Created),
-            "customer.updated" => Some(Self::Updated),
-            "customer.deleted" => Some(Self::Deleted),
-            _ => None,
-        }
-    }
-}
-
-/// Orders the snapshots of one customer: the largest version wins.
-///
-/// Field order is the comparison order. `deleted` comes first so that deletion is final
-/// (rule 3): any deletion outranks every non-deleted snapshot, whatever its timestamp.
-/// Then `(event created, type rank, event id)`, so the winner is a function of the set of
-/// events, never of arrival order.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Version {
-    pub deleted: bool,
-    pub created: i64,
-    pub rank: TypeRank,
-    pub event_id: EventId,
-}
-
-impl Version {
-    /// A text form whose byte order equals the order of `Version`, so the database can
-    /// keep the newest snapshot with a plain `>` on one column (binary/"C" collation).
-    pub fn encode(&self) -> String {
-        // Shift i64 onto u64 so that fixed-width decimal digits sort like the numbers.
-        let created = (i128::from(self.created) - i128::from(i64::MIN)) as u64;
-        format!(
-            "{}{created:020}{}{}",
-            u8::from(self.deleted),
-            self.rank as u8,
-            self.event_id
-        )
-    }
-}
-
-impl Version {
-    /// Reads back [`Version::encode`]'s text (for reports); `None` if it is not one.
-    pub fn decode(text: &str) -> Option<Self> {
-        let deleted = match text.get(0..1)? {
-            "0" => false,
-            "1" => true,
-            _ => return None,
-        };
-        let shifted: u64 = text.get(1..21)?.parse().ok()?;
-        let created = i64::try_from(i128::from(shifted) + i128::from(i64::MIN)).ok()?;
-        let rank = match text.get(21..22)? {
-            "0" => TypeRank::Created,
-            "1" => TypeRank::Updated,
-            "2" => TypeRank::Deleted,
-            _ => return None,
-        };
-        let event_id = EventId::parse(text.get(22..)?).ok()?;
-        Some(Self {
-            deleted,
-            created,
-            rank,
-            event_id,
-        })
-    }
-}
-
 /// A snapshot with the account and mode it belongs to: one row of the customer table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Projected {
@@ -144,22 +82,9 @@ impl Projected {
     }
 }
 
-/// Keeps each customer's newest snapshot, sorted by key: what a batch writes, since a
-/// multi-row statement may touch a row only once, and taking the newest first gives the
-/// same row as applying them one by one.
-pub fn newest_per_customer(mut rows: Vec<Projected>) -> Vec<Projected> {
-    rows.sort_by(|a, b| {
-        a.key()
-            .cmp(&b.key())
-            .then_with(|| b.snapshot.version.cmp(&a.snapshot.version))
-    });
-    rows.dedup_by(|later, earlier| later.key() == earlier.key());
-    rows
-}
-
 /// What a `customer.*` event contributes to the customer table.
 pub fn effect_of(event: &CustomerEvent) -> Effect {
-    let Some(rank) = TypeRank::of(&event.event_type) else {
+    let Some(rank) = event.event_type.snapshot_rank() else {
         return Effect::None;
     };
     match snapshot_of(event, rank) {
@@ -185,11 +110,8 @@ fn snapshot_of(event: &CustomerEvent, rank: TypeRank) -> Result<Snapshot, String
     let email = optional_text(object.email.as_ref(), "email")?;
     // A blank email is a customer without one (rule 4); any other email that cannot be a
     // key is refused, so it can neither be indexed nor break the index.
-    let email_key = match email.as_deref().map(EmailKey::parse) {
-        None | Some(Err(InvalidEmail::Blank)) => None,
-        Some(Ok(key)) => Some(key),
-        Some(Err(invalid)) => return Err(format!("customer {invalid}")),
-    };
+    let email_key =
+        email::snapshot_key(email.as_deref()).map_err(|invalid| format!("customer {invalid}"))?;
     let name = optional_text(object.name.as_ref(), "name")?;
     if let Some(name) = &name {
         domain::check_name(name).map_err(|invalid| format!("customer {invalid}"))?;
@@ -224,17 +146,6 @@ fn optional_text(value: Option<&Value>, field: &str) -> Result<Option<String>, S
         Some(Value::String(text)) => Ok(Some(text.clone())),
         Some(_) => Err(format!("customer {field} is not a string")),
     }
-}
-
-/// Whether `candidate` replaces `current` as a customer's state.
-pub fn supersedes(candidate: &Version, current: &Version) -> bool {
-    candidate > current
-}
-
-/// Which of several live customers sharing an email checkout gets (rule 5): the oldest
-/// customer, then the smallest id. Deterministic whatever order they were seen in.
-pub fn canonical_order(a: &Snapshot, b: &Snapshot) -> std::cmp::Ordering {
-    (a.customer_created, &a.customer_id).cmp(&(b.customer_created, &b.customer_id))
 }
 
 /// Identity of a projected customer: accounts and modes never mix (rules 1 and 2).
@@ -276,22 +187,19 @@ impl ReadModel {
         livemode: bool,
         email: &EmailKey,
     ) -> Option<&Snapshot> {
-        self.customers
+        let same_account_and_mode = self
+            .customers
             .iter()
-            .filter(|((a, mode, _), s)| {
-                a == account
-                    && *mode == livemode
-                    && !s.version.deleted
-                    && s.email_key.as_ref() == Some(email)
-            })
-            .map(|(_, s)| s)
-            .min_by(|a, b| canonical_order(a, b))
+            .filter(|((a, mode, _), _)| a == account && *mode == livemode)
+            .map(|(_, snapshot)| snapshot);
+        canonical::canonical(same_account_and_mode, email)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::EventId;
     use serde_json::json;
 
     fn event(id: &str, event_type: &str, created: i64, object: Value) -> CustomerEvent {
@@ -309,99 +217,6 @@ mod tests {
 
     fn customer(id: &str, email: &str, created: i64) -> Value {
         json!({"id": id, "object": "customer", "email": email, "name": null, "created": created})
-    }
-
-    fn version(deleted: bool, created: i64, rank: TypeRank, id: &str) -> Version {
-        Version {
-            deleted,
-            created,
-            rank,
-            event_id: EventId::parse(id).unwrap(),
-        }
-    }
-
-    #[test]
-    fn newest_snapshot_wins_by_created_then_rank_then_id() {
-        use TypeRank::*;
-        let table = [
-            // (candidate, current, candidate wins)
-            (
-                version(false, 2, Created, "evt_a"),
-                version(false, 1, Updated, "evt_z"),
-                true,
-            ),
-            (
-                version(false, 1, Updated, "evt_a"),
-                version(false, 1, Created, "evt_z"),
-                true,
-            ),
-            (
-                version(false, 1, Updated, "evt_b"),
-                version(false, 1, Updated, "evt_a"),
-                true,
-            ),
-            (
-                version(false, 1, Updated, "evt_a"),
-                version(false, 1, Updated, "evt_a"),
-                false,
-            ),
-            (
-                version(false, 1, Created, "evt_z"),
-                version(false, 1, Updated, "evt_a"),
-                false,
-            ),
-            // Deletion is final: a later update never brings a customer back.
-            (
-                version(false, 9, Updated, "evt_z"),
-                version(true, 1, Deleted, "evt_a"),
-                false,
-            ),
-            (
-                version(true, 1, Deleted, "evt_a"),
-                version(false, 9, Updated, "evt_z"),
-                true,
-            ),
-            (
-                version(true, 2, Deleted, "evt_a"),
-                version(true, 1, Deleted, "evt_z"),
-                true,
-            ),
-        ];
-        for (candidate, current, wins) in table {
-            assert_eq!(
-                supersedes(&candidate, &current),
-                wins,
-                "{candidate:?} vs {current:?}"
-            );
-            assert_eq!(
-                candidate.encode() > current.encode(),
-                wins,
-                "encoded {candidate:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn encoded_versions_sort_like_versions_across_the_whole_i64_range() {
-        use TypeRank::*;
-        let mut versions = vec![
-            version(false, i64::MIN, Created, "evt_a"),
-            version(false, -1, Deleted, "evt_a"),
-            version(false, 0, Created, "evt_"),
-            version(false, 0, Created, "evt_a"),
-            version(false, 9, Updated, "evt_a"),
-            version(false, 10, Created, "evt_a"),
-            version(false, i64::MAX, Updated, "evt_a"),
-            version(true, i64::MIN, Deleted, "evt_a"),
-        ];
-        let sorted = versions.clone();
-        versions.reverse();
-        versions.sort_by_key(Version::encode);
-        assert_eq!(versions, sorted);
-        for version in &sorted {
-            assert_eq!(Version::decode(&version.encode()).as_ref(), Some(version));
-        }
-        assert_eq!(Version::decode("garbage"), None);
     }
 
     #[test]
