@@ -33,7 +33,6 @@ use stripe_projector::store::{Lookup, RebuildKind, Source, Store};
 use stripe_projector::stripe::event::{self, CustomerEvent, Delivery};
 
 use crate::helpers::{self, Backend, TestDb};
-use crate::permutation::config;
 
 const CUSTOMERS: [&str; 3] = ["cus_1", "cus_2", "cus_3"];
 /// Snapshot types, other `customer.*` types, and near misses of the snapshot types.
@@ -123,7 +122,7 @@ fn run<S: Strategy>(
     let db = runtime.block_on(TestDb::create(backend));
     let store = runtime.block_on(db.store());
     let runs = Cell::new(0usize);
-    let mut runner = TestRunner::new(config());
+    let mut runner = TestRunner::new(helpers::proptest_config(crate::permutation::DEFAULT_CASES));
     let result = runner.run(&strategy, |value| {
         let account = format!("acct_m{}", runs.replace(runs.get() + 1));
         runtime.block_on(async {
