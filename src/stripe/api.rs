@@ -83,6 +83,10 @@ pub struct RetryPolicy {
     pub backoff: Duration,
     /// Bound on one attempt: connecting, sending and reading the whole answer.
     pub timeout: Duration,
+    /// Stop at a 429 that comes while our own rate is used up: right for a caller who is
+    /// waiting (a retry would only queue for a turn and meet the limit again), wrong for a
+    /// batch job that runs at the rate on purpose and can wait.
+    pub give_up_on_429_at_our_rate: bool,
 }
 
 impl Default for RetryPolicy {
@@ -92,6 +96,7 @@ impl Default for RetryPolicy {
             attempts: 3,
             backoff: Duration::from_millis(100),
             timeout: Duration::from_secs(10),
+            give_up_on_429_at_our_rate: true,
         }
     }
 }
@@ -172,6 +177,20 @@ pub struct NewCustomer<'a> {
     pub idempotency_key: &'a str,
 }
 
+/// One request to Stripe's API, as [`StripeApi::send`] sends (and retries) it.
+#[derive(Debug, Clone)]
+pub struct ApiRequest<'a> {
+    pub method: reqwest::Method,
+    /// From the API base, e.g. `/v1/customers`.
+    pub path: &'a str,
+    pub query: &'a [(&'a str, &'a str)],
+    /// Form-encoded body; none when empty.
+    pub form: &'a [(&'a str, &'a str)],
+    /// `Stripe-Account` header: `None` acts on the platform's own account.
+    pub on_behalf_of: Option<&'a AccountId>,
+    pub idempotency_key: Option<&'a str>,
+}
+
 /// A customer as Stripe returned it.
 #[derive(Debug, Clone)]
 pub struct CreatedCustomer {
@@ -242,18 +261,41 @@ impl StripeApi {
         self.livemode
     }
 
-    /// `POST /v1/customers`, retried on 5xx, 409 (a concurrent request with the same
-    /// idempotency key), 429, connection errors and timeouts, as Stripe's SDKs do; a
-    /// `Stripe-Should-Retry` header overrides. Safe to retry: the idempotency key makes
-    /// every attempt create at most the one customer.
-    ///
-    /// Every attempt, retries included, takes its turn from the limiter first; no turn
-    /// within the wait allowed ends the call with `LimitedLocally`, and a 429 while our
-    /// own rate is used up ends it with `RateLimited`.
+    /// `POST /v1/customers`. Safe to retry: the idempotency key makes every attempt create
+    /// at most the one customer.
     pub async fn create_customer(
         &self,
         customer: &NewCustomer<'_>,
     ) -> Result<CreatedCustomer, StripeApiError> {
+        let mut form = vec![("email", customer.email)];
+        if let Some(name) = customer.name {
+            form.push(("name", name));
+        }
+        let request = ApiRequest {
+            method: reqwest::Method::POST,
+            path: "/v1/customers",
+            query: &[],
+            form: &form,
+            on_behalf_of: customer.on_behalf_of,
+            idempotency_key: Some(customer.idempotency_key),
+        };
+        self.send(&request, parse_customer).await
+    }
+
+    /// Sends one request, retried on 5xx, 409 (a concurrent request with the same
+    /// idempotency key, or a lock timeout), 429, connection errors and timeouts, as
+    /// Stripe's SDKs do; a `Stripe-Should-Retry` header overrides. Retries wait an
+    /// exponential backoff with jitter. A 2xx is handed to `parse`; a 2xx it refuses is
+    /// final (a wrong `STRIPE_API_BASE` will not mend by retrying).
+    ///
+    /// Every attempt, retries included, takes its turn from the limiter first; no turn
+    /// within the wait allowed ends the call with `LimitedLocally`, and, when the policy
+    /// says so, a 429 while our own rate is used up ends it with `RateLimited`.
+    pub async fn send<T>(
+        &self,
+        request: &ApiRequest<'_>,
+        parse: impl Fn(&[u8], Option<String>) -> Result<T, StripeApiError>,
+    ) -> Result<T, StripeApiError> {
         let policy = self.config.retry;
         let attempts = policy.attempts.max(1);
         let mut backoff = policy.backoff;
@@ -268,18 +310,21 @@ impl StripeApi {
                 );
                 return Err(StripeApiError::LimitedLocally);
             };
-            let outcome =
-                tokio::time::timeout(policy.timeout, self.attempt(customer, attempt, attempts))
-                    .await;
+            let outcome = tokio::time::timeout(
+                policy.timeout,
+                self.attempt(request, &parse, attempt, attempts),
+            )
+            .await;
             drop(permit);
             match outcome {
-                Ok(Ok(created)) => return Ok(created),
+                Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(Attempt::Final(error))) => return Err(error),
                 Ok(Err(Attempt::Retry {
                     rejected,
                     rate_limited,
                 })) => {
-                    if rate_limited && self.limiter.saturated() {
+                    if rate_limited && policy.give_up_on_429_at_our_rate && self.limiter.saturated()
+                    {
                         tracing::warn!(
                             attempt,
                             attempts,
@@ -301,7 +346,7 @@ impl StripeApi {
                 }
             }
             if attempt < attempts {
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(jittered(backoff)).await;
                 backoff = backoff.saturating_mul(2);
             }
         }
@@ -310,31 +355,36 @@ impl StripeApi {
 
     /// One request. Counts its outcome and logs a failure: the network error chain
     /// escaped, or Stripe's status, `type`, `code` and `Request-Id` (never its message).
-    async fn attempt(
+    async fn attempt<T>(
         &self,
-        customer: &NewCustomer<'_>,
+        request: &ApiRequest<'_>,
+        parse: &impl Fn(&[u8], Option<String>) -> Result<T, StripeApiError>,
         attempt: u32,
         attempts: u32,
-    ) -> Result<CreatedCustomer, Attempt> {
-        let mut form = vec![("email", customer.email)];
-        if let Some(name) = customer.name {
-            form.push(("name", name));
-        }
+    ) -> Result<T, Attempt> {
         let mut url = self.config.api_base.clone();
         url.set_path(&format!(
-            "{}/v1/customers",
-            self.config.api_base.path().trim_end_matches('/')
+            "{}{}",
+            self.config.api_base.path().trim_end_matches('/'),
+            request.path
         ));
-        let mut request = self
-            .client
-            .post(url)
-            .bearer_auth(self.config.secret_key.expose())
-            .header("Idempotency-Key", customer.idempotency_key)
-            .form(&form);
-        if let Some(account) = customer.on_behalf_of {
-            request = request.header("Stripe-Account", account.as_str());
+        if !request.query.is_empty() {
+            url.query_pairs_mut().extend_pairs(request.query);
         }
-        let response = match request.send().await {
+        let mut builder = self
+            .client
+            .request(request.method.clone(), url)
+            .bearer_auth(self.config.secret_key.expose());
+        if !request.form.is_empty() {
+            builder = builder.form(request.form);
+        }
+        if let Some(key) = request.idempotency_key {
+            builder = builder.header("Idempotency-Key", key);
+        }
+        if let Some(account) = request.on_behalf_of {
+            builder = builder.header("Stripe-Account", account.as_str());
+        }
+        let response = match builder.send().await {
             Ok(response) => response,
             Err(e) => {
                 crate::metrics::stripe_request(if e.is_timeout() {
@@ -368,7 +418,7 @@ impl StripeApi {
             }
         };
         if status.is_success() {
-            let parsed = parse_customer(&body, request_id);
+            let parsed = parse(&body, request_id);
             crate::metrics::stripe_request(if parsed.is_ok() {
                 "ok"
             } else {
@@ -441,6 +491,20 @@ struct ErrorDetails {
     kind: Option<String>,
     code: Option<String>,
     param: Option<String>,
+}
+
+/// A wait between `backoff / 2` and `backoff`, so that callers who failed together do not
+/// retry together.
+fn jittered(backoff: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // A fresh RandomState is seeded from the OS once per thread and then varied per
+    // instance: random enough to spread retries, with no dependency.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let half = backoff / 2;
+    let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+    half + Duration::from_nanos(if nanos == 0 { 0 } else { random % nanos })
 }
 
 fn header_text(response: &reqwest::Response, name: &str) -> Option<String> {

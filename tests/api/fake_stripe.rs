@@ -252,6 +252,7 @@ impl FakeStripe {
                 attempts: 3,
                 backoff: Duration::from_millis(10),
                 timeout,
+                ..RetryPolicy::default()
             },
             limits: Limits::default(),
         }
