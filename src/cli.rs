@@ -6,13 +6,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, WebhookConfig};
+use crate::config::{self, AppSettings, WebhookConfig};
 use crate::domain::AccountId;
 use crate::ensure::{EnsureError, EnsureRequest, Ensurer};
-use crate::group_commit::GroupCommitter;
-use crate::http::{self, AppState, BodyBudget, EnsureAccess, ServerOptions};
+use crate::http::{self, ServerOptions};
 use crate::lookup::LookupRequest;
-use crate::lookup_batch::LookupBatcher;
 use crate::replay::{self, Progress};
 use crate::secret::Secret;
 use crate::store::RebuildKind;
@@ -345,13 +343,13 @@ async fn serve(database_url: &str, args: ServeArgs) -> Result<ExitCode, Failure>
         max_body_bytes: usize::try_from(args.max_body_bytes)
             .map_err(|_| Failure::Usage("MAX_BODY_BYTES is too large for this machine".into()))?,
     };
-    let body_budget = body_budget(args.max_body_bytes_in_flight, webhook.max_body_bytes)?;
+    let max_body_bytes_in_flight =
+        body_bytes_in_flight(args.max_body_bytes_in_flight, webhook.max_body_bytes)?;
     let read_token = config::parse_read_token(env_var("READ_API_TOKEN")?.as_deref());
     let ensure_token = config::parse_ensure_token(env_var("ENSURE_API_TOKEN")?.as_deref());
     let stripe = stripe_api(&args.stripe)?;
     config::check_ensure_exposure(args.listen_addr, stripe.is_some(), ensure_token.is_some())
         .map_err(usage)?;
-    let ensure = Ensurer::new(stripe, webhook.platform_account.clone());
     parse_database_url(database_url)?;
     let listener = TcpListener::bind(args.listen_addr)
         .map_err(|e| Failure::runtime(&format!("cannot listen on {}", args.listen_addr), e))?;
@@ -369,21 +367,17 @@ async fn serve(database_url: &str, args: ServeArgs) -> Result<ExitCode, Failure>
         max_connections: usize::try_from(args.max_connections)
             .map_err(|_| Failure::Usage("MAX_CONNECTIONS is too large for this machine".into()))?,
     };
-    let server = http::server(
-        AppState {
-            committer: GroupCommitter::start(&store),
-            lookups: LookupBatcher::start(&store),
-            store,
-            webhook,
-            read_token,
-            ensure_access: EnsureAccess::from_token(ensure_token),
-            ensure,
-            body_budget,
-        },
-        listener,
-        options,
-    )
-    .map_err(|e| Failure::runtime("cannot start the server", e))?;
+    let settings = AppSettings {
+        webhook,
+        read_token,
+        ensure_token,
+        stripe,
+        max_body_bytes_in_flight,
+        server: options,
+    };
+    let server = http::application(settings, store, listener)
+        .map_err(|e| Failure::runtime("cannot start the server", e))?
+        .server;
     http::stop_on_signals(&server).map_err(|e| Failure::runtime("cannot handle signals", e))?;
     // Operators and tests read the bound address here (LISTEN_ADDR may use port 0).
     println!("listening on http://{local}");
@@ -397,7 +391,7 @@ async fn serve(database_url: &str, args: ServeArgs) -> Result<ExitCode, Failure>
 
 /// The budget of body bytes in flight: it must hold the largest body either endpoint
 /// accepts, or that body could never be read.
-fn body_budget(in_flight: u64, max_body_bytes: usize) -> Result<BodyBudget, Failure> {
+fn body_bytes_in_flight(in_flight: u64, max_body_bytes: usize) -> Result<usize, Failure> {
     let at_least = max_body_bytes.max(http::ENSURE_MAX_BODY_BYTES);
     let in_flight = usize::try_from(in_flight).map_err(|_| {
         Failure::Usage("MAX_BODY_BYTES_IN_FLIGHT is too large for this machine".into())
@@ -409,7 +403,7 @@ fn body_budget(in_flight: u64, max_body_bytes: usize) -> Result<BodyBudget, Fail
             http::ENSURE_MAX_BODY_BYTES
         )));
     }
-    Ok(BodyBudget::new(in_flight))
+    Ok(in_flight)
 }
 
 /// The Stripe client, or `None` when STRIPE_SECRET_KEY is unset (ensure disabled).
