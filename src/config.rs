@@ -3,7 +3,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::domain::AccountId;
+use crate::http::ServerOptions;
 use crate::secret::Secret;
+use crate::stripe::api::StripeApi;
 
 /// A setting we cannot run with. The message names the setting, never its value.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +21,22 @@ pub struct WebhookConfig {
     /// The account tag of events that carry no `account`.
     pub platform_account: AccountId,
     pub max_body_bytes: usize,
+}
+
+/// Everything the application is built from (see [`crate::http::application`]), already
+/// validated: `serve` reads it from its flags and the environment, the tests write it.
+#[derive(Debug, Clone)]
+pub struct AppSettings {
+    pub webhook: WebhookConfig,
+    /// `READ_API_TOKEN`: when set, lookups need it as a bearer token.
+    pub read_token: Option<Secret>,
+    /// `ENSURE_API_TOKEN`: when set, ensure needs it; else ensure answers loopback peers only.
+    pub ensure_token: Option<Secret>,
+    /// How ensure reaches Stripe; `None` (no `STRIPE_SECRET_KEY`) disables ensure.
+    pub stripe: Option<StripeApi>,
+    /// Bytes of request bodies read or handled at once, across workers.
+    pub max_body_bytes_in_flight: usize,
+    pub server: ServerOptions,
 }
 
 /// Parses `STRIPE_WEBHOOK_SECRET`: one or more secrets, comma-separated.

@@ -25,8 +25,7 @@ const MAX_BATCH: usize = 512;
 /// Deliveries that may wait for a committer; beyond this, callers wait to enqueue.
 const QUEUE: usize = 8_192;
 /// PostgreSQL committers: two, so that one batch gathers while another commits. More make
-/// smaller batches, and the database's cost per statement then shows: four gave 9 events
-/// per commit against 15, and up to 20 % less throughput on 2 cores.
+/// smaller batches, and the database's cost per statement then shows as less throughput.
 const PG_COMMITTERS: usize = 2;
 
 struct Job {

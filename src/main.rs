@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use stripe_projector::cli::{self, Cli, Failure};
 
-/// Every request allocates and frees dozens of small blocks across worker threads; with
-/// glibc's allocator that took a fifth of the server's CPU under load.
+/// Every request allocates and frees many small blocks across worker threads, and glibc's
+/// allocator spent a large share of the server's CPU on them under load.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

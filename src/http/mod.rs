@@ -16,7 +16,7 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
-use crate::config::WebhookConfig;
+use crate::config::{AppSettings, WebhookConfig};
 use crate::ensure::Ensurer;
 use crate::group_commit::GroupCommitter;
 use crate::lookup_batch::LookupBatcher;
@@ -56,6 +56,24 @@ pub enum EnsureAccess {
     /// to. `serve` refuses to bind beyond loopback like this with a Stripe key; this guards
     /// embedders that build the state themselves.
     LoopbackOnly,
+}
+
+impl AppState {
+    /// The state handlers share, over a migrated store. It starts the store's batching
+    /// tasks, so it runs inside a Tokio runtime.
+    pub fn new(settings: AppSettings, store: Store) -> Self {
+        let platform = settings.webhook.platform_account.clone();
+        Self {
+            committer: GroupCommitter::start(&store),
+            lookups: LookupBatcher::start(&store),
+            store,
+            webhook: settings.webhook,
+            read_token: settings.read_token,
+            ensure_access: EnsureAccess::from_token(settings.ensure_token),
+            ensure: Ensurer::new(settings.stripe, platform),
+            body_budget: BodyBudget::new(settings.max_body_bytes_in_flight),
+        }
+    }
 }
 
 impl EnsureAccess {
@@ -98,6 +116,27 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(ops::healthz))
         .route("/readyz", web::get().to(ops::readyz))
         .route("/metrics", web::get().to(ops::metrics));
+}
+
+/// The application as `serve` runs it: the shared state and a server that has not been
+/// polled yet.
+pub struct Application {
+    /// A clone of what the handlers share (its parts share their state with the server's).
+    pub state: AppState,
+    pub server: Server,
+}
+
+/// Builds the application from settings over a migrated store, on an already bound
+/// listener. `serve` and the integration tests both start the service through here.
+pub fn application(
+    settings: AppSettings,
+    store: Store,
+    listener: TcpListener,
+) -> std::io::Result<Application> {
+    let options = settings.server;
+    let state = AppState::new(settings, store);
+    let server = server(state.clone(), listener, options)?;
+    Ok(Application { state, server })
 }
 
 /// Builds the server on an already bound listener (port 0 in tests). It does not handle

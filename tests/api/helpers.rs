@@ -7,12 +7,10 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use stripe_projector::config::WebhookConfig;
+use stripe_projector::config::{AppSettings, WebhookConfig};
 use stripe_projector::domain::AccountId;
 use stripe_projector::ensure::Ensurer;
-use stripe_projector::group_commit::GroupCommitter;
-use stripe_projector::http::{self, AppState, BodyBudget, EnsureAccess, ServerOptions};
-use stripe_projector::lookup_batch::LookupBatcher;
+use stripe_projector::http::{self, ServerOptions};
 use stripe_projector::secret::Secret;
 use stripe_projector::store::{DatabaseUrl, Store};
 use stripe_projector::stripe::api::{StripeApi, StripeApiConfig};
@@ -347,14 +345,7 @@ impl TestApp {
     pub async fn spawn_with(backend: Backend, config: AppConfig) -> Self {
         let db = TestDb::create(backend).await;
         let store = db.store().await;
-        let platform = AccountId::parse(PLATFORM).unwrap();
-        let stripe = config
-            .stripe_api
-            .map(|api| StripeApi::new(api).expect("Stripe client"));
-        let state = AppState {
-            committer: GroupCommitter::start(&store),
-            lookups: LookupBatcher::start(&store),
-            store: store.clone(),
+        let settings = AppSettings {
             webhook: WebhookConfig {
                 secrets: config.secrets.into_iter().map(Secret::new).collect(),
                 tolerance_secs: config.tolerance_secs,
@@ -362,26 +353,27 @@ impl TestApp {
                 max_body_bytes: config.max_body_bytes,
             },
             read_token: config.read_token.map(Secret::new),
-            ensure_access: EnsureAccess::from_token(config.ensure_token.map(Secret::new)),
-            ensure: Ensurer::new(stripe, platform),
-            body_budget: BodyBudget::new(config.max_body_bytes_in_flight),
+            ensure_token: config.ensure_token.map(Secret::new),
+            stripe: config
+                .stripe_api
+                .map(|api| StripeApi::new(api).expect("Stripe client")),
+            max_body_bytes_in_flight: config.max_body_bytes_in_flight,
+            server: ServerOptions {
+                workers: 2,
+                client_timeout: config.client_timeout,
+                ..ServerOptions::default()
+            },
         };
-        let ensurer = state.ensure.clone();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let options = ServerOptions {
-            workers: 2,
-            client_timeout: config.client_timeout,
-            ..ServerOptions::default()
-        };
-        let server = http::server(state, listener, options).expect("server");
-        tokio::spawn(server);
+        let app = http::application(settings, store.clone(), listener).expect("server");
+        tokio::spawn(app.server);
         Self {
             base,
             client: reqwest::Client::new(),
             store,
             db,
-            ensurer,
+            ensurer: app.state.ensure,
         }
     }
 

@@ -12,8 +12,8 @@
 //! Why threads and not sqlx: sqlx runs each SQLite connection on a thread of its own too,
 //! but sends every statement's result and every row back to the waiting task one by one,
 //! and each send woke that task, which took the core from the writer in the middle of its
-//! transaction (perf, at 13,000 events/s: about 5,000 such preemptions a second). These
-//! threads wake nobody until a batch is written, then one thread per step.
+//! transaction, over and over under load. These threads wake nobody until a batch is
+//! written, then one thread per step.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
@@ -133,13 +133,13 @@ impl Appender {
     }
 }
 
-/// The writer's settings beyond those of every connection (see `open`): the log is
-/// flushed by the flusher, not under the write lock; pages are read through a memory map
-/// of the file's first 64 MiB instead of a read() copy each (with a large log, each
-/// commit reads index pages that are not in the page cache; mapped pages count in the
-/// process's resident memory, hence not more); and its page cache holds 16 MiB (SQLite's
-/// default is 2 MiB; with 16 KiB pages that was 125 pages, about what two batches dirty:
-/// ingestion +0-11 % in five pairs of runs, p99 and peak RSS lower).
+/// The writer's settings beyond those of every connection (see `open_connection`): the
+/// log is flushed by the flusher, not under the write lock; pages are read through a
+/// memory map of the file's first 64 MiB instead of a read() copy each (with a large log,
+/// each commit reads index pages that are not in the page cache; mapped pages count in
+/// the process's resident memory, hence not more); and its page cache holds 16 MiB
+/// (SQLite's default, 2 MiB, is fewer pages than a full batch dirties at about two index
+/// pages per event, so pages were evicted and read again between batches).
 const WRITER_SETTINGS: &str = "
     PRAGMA synchronous = NORMAL;
     PRAGMA mmap_size = 67108864;
