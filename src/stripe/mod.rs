@@ -5,4 +5,5 @@
 pub mod api;
 pub mod event;
 pub mod limiter;
+pub mod reads;
 pub mod signature;

@@ -31,6 +31,8 @@ pub const LIVE_KEY: &str = "sk_live_51FakeKeyForTheSuite0000000000";
 pub struct Recorded {
     pub method: String,
     pub path: String,
+    /// The query string's pairs, decoded.
+    pub query: Vec<(String, String)>,
     /// Lowercase names.
     pub headers: HashMap<String, String>,
     pub form: Vec<(String, String)>,
@@ -41,6 +43,13 @@ pub struct Recorded {
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
+    }
+
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
     }
 
     pub fn field(&self, name: &str) -> Option<&str> {
@@ -107,6 +116,11 @@ struct State {
     /// Keys of requests received and not yet answered.
     running: Mutex<HashSet<KeyScope>>,
     created: AtomicUsize,
+    data: Mutex<Data>,
+    /// At most this many requests answered in any one second; beyond, 429.
+    rate_limit: Mutex<Option<usize>>,
+    /// Arrival times of the requests of the last second, for `rate_limit`.
+    recent: Mutex<VecDeque<Instant>>,
     /// False while answers are held.
     open: watch::Sender<bool>,
     in_flight: AtomicUsize,
@@ -144,6 +158,9 @@ impl FakeStripe {
             by_key: Mutex::default(),
             running: Mutex::default(),
             created: AtomicUsize::new(0),
+            data: Mutex::default(),
+            rate_limit: Mutex::default(),
+            recent: Mutex::default(),
             open: watch::Sender::new(true),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
@@ -280,9 +297,13 @@ async fn answer(request: HttpRequest, body: web::Bytes, state: web::Data<State>)
     )
     .map(web::Query::into_inner)
     .unwrap_or_default();
+    let query = web::Query::<Vec<(String, String)>>::from_query(request.query_string())
+        .map(web::Query::into_inner)
+        .unwrap_or_default();
     let recorded = Recorded {
         method: request.method().to_string(),
         path: request.path().to_owned(),
+        query,
         headers,
         form,
         at,
@@ -299,22 +320,36 @@ async fn answer(request: HttpRequest, body: web::Bytes, state: web::Data<State>)
             json!({"error": {"type": "invalid_request_error", "message": format!("Invalid API Key provided: {api_key}")}}),
         );
     }
-    if (recorded.method.as_str(), recorded.path.as_str()) != ("POST", "/v1/customers") {
+    let account = recorded
+        .header("stripe-account")
+        .unwrap_or_default()
+        .to_owned();
+    if state.data.lock().unwrap().disconnected.contains(&account) {
         return error(
-            404,
-            json!({"error": {"type": "invalid_request_error", "code": "resource_missing", "message": "Unrecognized request URL"}}),
+            401,
+            json!({"error": {"type": "invalid_request_error", "code": "account_invalid", "message": "The provided key does not have access to this account"}}),
         );
     }
-    let scope = recorded.header("idempotency-key").map(|key| {
-        (
-            recorded
-                .header("stripe-account")
-                .unwrap_or_default()
-                .to_owned(),
-            api_key.clone(),
-            key.to_owned(),
-        )
-    });
+    if state.over_rate(at) {
+        return error(
+            429,
+            json!({"error": {"type": "invalid_request_error", "code": "rate_limit", "message": "Too many requests hit the API too quickly"}}),
+        );
+    }
+    let creates = (recorded.method.as_str(), recorded.path.as_str()) == ("POST", "/v1/customers");
+    let scope = creates
+        .then(|| recorded.header("idempotency-key"))
+        .flatten()
+        .map(|key| {
+            (
+                recorded
+                    .header("stripe-account")
+                    .unwrap_or_default()
+                    .to_owned(),
+                api_key.clone(),
+                key.to_owned(),
+            )
+        });
     let _running = match &scope {
         Some(scope) => match Running::enter(&state, scope) {
             Some(running) => Some(running),
@@ -337,6 +372,12 @@ async fn answer(request: HttpRequest, body: web::Bytes, state: web::Data<State>)
             response.insert_header(header);
         }
         return response.json(failure.body);
+    }
+    if recorded.method == "GET" {
+        return read(&state, &recorded, &account);
+    }
+    if !creates {
+        return not_found("Unrecognized request URL");
     }
     let behavior = state.behavior.lock().unwrap().clone();
     match behavior {
@@ -405,30 +446,26 @@ fn create(state: &State, request: &Recorded, scope: Option<KeyScope>) -> Result<
         );
     }
     let number = state.created.fetch_add(1, Ordering::SeqCst) + 1;
-    let customer = json!({
-        "id": format!("cus_Fake{number:010}"),
-        "object": "customer",
-        "address": null,
-        "balance": 0,
-        "created": chrono::Utc::now().timestamp(),
-        "currency": null,
-        "default_source": null,
-        "delinquent": false,
-        "description": null,
-        "discount": null,
-        "email": request.field("email"),
-        "invoice_prefix": format!("FAKE{number:04}"),
-        "invoice_settings": {"custom_fields": null, "default_payment_method": null, "footer": null, "rendering_options": null},
-        "livemode": livemode,
-        "metadata": {},
-        "name": request.field("name"),
-        "next_invoice_sequence": 1,
-        "phone": null,
-        "preferred_locales": [],
-        "shipping": null,
-        "tax_exempt": "none",
-        "test_clock": null
-    });
+    let customer = customer_object(
+        &format!("cus_Fake{number:010}"),
+        request.field("email"),
+        request.field("name"),
+        chrono::Utc::now().timestamp(),
+        livemode,
+    );
+    state
+        .data
+        .lock()
+        .unwrap()
+        .customers
+        .entry(
+            request
+                .header("stripe-account")
+                .unwrap_or_default()
+                .to_owned(),
+        )
+        .or_default()
+        .push(customer.clone());
     if let Some(scope) = scope {
         by_key.insert(
             scope,
@@ -439,4 +476,294 @@ fn create(state: &State, request: &Recorded, scope: Option<KeyScope>) -> Result<
         );
     }
     Ok(customer)
+}
+
+/// A whole Customer object, as Stripe's API shows one.
+pub fn customer_object(
+    id: &str,
+    email: Option<&str>,
+    name: Option<&str>,
+    created: i64,
+    livemode: bool,
+) -> Value {
+    json!({
+        "id": id,
+        "object": "customer",
+        "address": null,
+        "balance": 0,
+        "created": created,
+        "currency": null,
+        "default_source": null,
+        "delinquent": false,
+        "description": null,
+        "discount": null,
+        "email": email,
+        "invoice_prefix": id.trim_start_matches("cus_").chars().take(8).collect::<String>().to_uppercase(),
+        "invoice_settings": {"custom_fields": null, "default_payment_method": null, "footer": null, "rendering_options": null},
+        "livemode": livemode,
+        "metadata": {},
+        "name": name,
+        "next_invoice_sequence": 1,
+        "phone": null,
+        "preferred_locales": [],
+        "shipping": null,
+        "tax_exempt": "none",
+        "test_clock": null
+    })
+}
+
+/// What the fake's Stripe holds, per account (`""`: the platform's own).
+#[derive(Default)]
+struct Data {
+    /// Customers in creation order; lists answer newest first.
+    customers: HashMap<String, Vec<Value>>,
+    /// Ids of deleted customers, per account: absent from lists, `deleted` when retrieved.
+    deleted: HashMap<String, HashSet<String>>,
+    /// Customers the search does not find yet (Stripe's search lags writes).
+    unsearchable: HashSet<String>,
+    /// Events in creation order, per account.
+    events: HashMap<String, Vec<Value>>,
+    /// Connected accounts, in connection order.
+    accounts: Vec<String>,
+    /// Accounts no longer connected: any request on them is 401.
+    disconnected: HashSet<String>,
+}
+
+impl State {
+    /// Counts a request arriving `at`; true when it is over the rate limit.
+    fn over_rate(&self, at: Instant) -> bool {
+        let Some(limit) = *self.rate_limit.lock().unwrap() else {
+            return false;
+        };
+        let mut recent = self.recent.lock().unwrap();
+        while recent
+            .front()
+            .is_some_and(|first| at.duration_since(*first) >= Duration::from_secs(1))
+        {
+            recent.pop_front();
+        }
+        if recent.len() >= limit {
+            return true;
+        }
+        recent.push_back(at);
+        false
+    }
+}
+
+impl FakeStripe {
+    /// Adds a customer to `account` (`None`: the platform), as created last.
+    pub fn add_customer(&self, account: Option<&str>, customer: Value) {
+        let mut data = self.state.data.lock().unwrap();
+        data.customers
+            .entry(account.unwrap_or_default().to_owned())
+            .or_default()
+            .push(customer);
+    }
+
+    /// Deletes a customer: lists no longer show it; retrieving it says `deleted`.
+    pub fn delete_customer(&self, account: Option<&str>, customer_id: &str) {
+        let mut data = self.state.data.lock().unwrap();
+        data.deleted
+            .entry(account.unwrap_or_default().to_owned())
+            .or_default()
+            .insert(customer_id.to_owned());
+    }
+
+    /// The search will not find this customer (it was created less than a minute ago).
+    pub fn hide_from_search(&self, customer_id: &str) {
+        let mut data = self.state.data.lock().unwrap();
+        data.unsearchable.insert(customer_id.to_owned());
+    }
+
+    /// Adds an event to `account`'s events (`None`: the platform's), as created last.
+    pub fn add_event(&self, account: Option<&str>, event: Value) {
+        let mut data = self.state.data.lock().unwrap();
+        data.events
+            .entry(account.unwrap_or_default().to_owned())
+            .or_default()
+            .push(event);
+    }
+
+    /// Connects an account to the platform.
+    pub fn add_account(&self, account: &str) {
+        self.state
+            .data
+            .lock()
+            .unwrap()
+            .accounts
+            .push(account.to_owned());
+    }
+
+    /// The account is no longer connected: requests on it are 401 `account_invalid`.
+    pub fn disconnect(&self, account: &str) {
+        let mut data = self.state.data.lock().unwrap();
+        data.disconnected.insert(account.to_owned());
+    }
+
+    /// At most `per_second` requests answered in any one second; the others get 429.
+    pub fn limit_rate(&self, per_second: usize) {
+        *self.state.rate_limit.lock().unwrap() = Some(per_second);
+    }
+}
+
+fn not_found(message: &str) -> HttpResponse {
+    error(
+        404,
+        json!({"error": {"type": "invalid_request_error", "code": "resource_missing", "message": message}}),
+    )
+}
+
+fn invalid(param: &str, message: &str) -> HttpResponse {
+    error(
+        400,
+        json!({"error": {"type": "invalid_request_error", "param": param, "message": message}}),
+    )
+}
+
+/// The `GET` routes: lists, one customer, the search.
+fn read(state: &State, request: &Recorded, account: &str) -> HttpResponse {
+    let limit = match request.param("limit").map(str::parse::<usize>) {
+        None => 10,
+        Some(Ok(limit)) if (1..=100).contains(&limit) => limit,
+        Some(_) => return invalid("limit", "limit must be between 1 and 100"),
+    };
+    let data = state.data.lock().unwrap();
+    let no_deleted = HashSet::new();
+    let deleted = data.deleted.get(account).unwrap_or(&no_deleted);
+    let customers = data
+        .customers
+        .get(account)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let path = request.path.as_str();
+    let (url, newest_first): (&str, Vec<&Value>) = match path {
+        "/v1/customers" => {
+            let email = request.param("email");
+            let live = customers.iter().rev().filter(|c| {
+                !deleted.contains(c["id"].as_str().unwrap())
+                    && email.is_none_or(|email| c["email"].as_str() == Some(email))
+            });
+            ("/v1/customers", live.collect())
+        }
+        "/v1/customers/search" => {
+            let Some(wanted) = request.param("query").and_then(|query| {
+                query
+                    .strip_prefix("email:\"")
+                    .and_then(|q| q.strip_suffix('"'))
+            }) else {
+                return invalid("query", "the fake searches by email:\"...\" only");
+            };
+            let wanted = wanted
+                .replace("\\\"", "\"")
+                .replace("\\\\", "\\")
+                .to_lowercase();
+            let found = customers.iter().rev().filter(|c| {
+                let id = c["id"].as_str().unwrap();
+                !deleted.contains(id)
+                    && !data.unsearchable.contains(id)
+                    && c["email"].as_str().map(str::to_lowercase).as_deref()
+                        == Some(wanted.as_str())
+            });
+            return search_page(found.collect(), limit, request.param("page"));
+        }
+        "/v1/events" => {
+            let since = match request.param("created[gte]").map(str::parse::<i64>) {
+                None => i64::MIN,
+                Some(Ok(since)) => since,
+                Some(Err(_)) => return invalid("created[gte]", "not an integer"),
+            };
+            let wanted = request.param("type");
+            let events = data
+                .events
+                .get(account)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let mut matching: Vec<&Value> = events
+                .iter()
+                .filter(|e| {
+                    let kind = e["type"].as_str().unwrap_or_default();
+                    e["created"].as_i64().unwrap_or_default() >= since
+                        && match wanted {
+                            None => true,
+                            Some(pattern) => match pattern.strip_suffix('*') {
+                                Some(prefix) => kind.starts_with(prefix),
+                                None => kind == pattern,
+                            },
+                        }
+                })
+                .collect();
+            // Newest first; among one second, the later created first.
+            matching.reverse();
+            matching.sort_by_key(|e| std::cmp::Reverse(e["created"].as_i64().unwrap_or_default()));
+            ("/v1/events", matching)
+        }
+        "/v1/accounts" => {
+            if !account.is_empty() {
+                return invalid("Stripe-Account", "accounts are listed by the platform");
+            }
+            let accounts: Vec<Value> = data
+                .accounts
+                .iter()
+                .rev()
+                .map(|id| json!({"id": id, "object": "account"}))
+                .collect();
+            return list_page(
+                &accounts.iter().collect::<Vec<_>>(),
+                limit,
+                request.param("starting_after"),
+                "/v1/accounts",
+            );
+        }
+        _ => match path.strip_prefix("/v1/customers/") {
+            Some(id) if !id.contains('/') => {
+                return match customers.iter().find(|c| c["id"] == id) {
+                    Some(_) if deleted.contains(id) => HttpResponse::Ok()
+                        .json(json!({"id": id, "object": "customer", "deleted": true})),
+                    Some(customer) => HttpResponse::Ok().json(customer),
+                    None => not_found(&format!("No such customer: '{id}'")),
+                };
+            }
+            _ => return not_found("Unrecognized request URL"),
+        },
+    };
+    list_page(&newest_first, limit, request.param("starting_after"), url)
+}
+
+/// A list page of `objects` (already newest first) after `starting_after`.
+fn list_page(
+    objects: &[&Value],
+    limit: usize,
+    starting_after: Option<&str>,
+    url: &str,
+) -> HttpResponse {
+    let start = match starting_after {
+        None => 0,
+        Some(after) => match objects.iter().position(|o| o["id"] == after) {
+            Some(index) => index + 1,
+            None => return invalid("starting_after", "no such object"),
+        },
+    };
+    let page: Vec<&Value> = objects.iter().skip(start).take(limit).copied().collect();
+    let has_more = start + page.len() < objects.len();
+    HttpResponse::Ok()
+        .json(json!({"object": "list", "data": page, "has_more": has_more, "url": url}))
+}
+
+/// A search page: the fake's cursor is the offset of the next page.
+fn search_page(found: Vec<&Value>, limit: usize, page: Option<&str>) -> HttpResponse {
+    let start = match page.map(str::parse::<usize>) {
+        None => 0,
+        Some(Ok(start)) => start,
+        Some(Err(_)) => return invalid("page", "not a page cursor"),
+    };
+    let data: Vec<&Value> = found.iter().skip(start).take(limit).copied().collect();
+    let next = start + data.len();
+    let has_more = next < found.len();
+    HttpResponse::Ok().json(json!({
+        "object": "search_result",
+        "data": data,
+        "has_more": has_more,
+        "next_page": has_more.then(|| next.to_string()),
+        "url": "/v1/customers/search"
+    }))
 }

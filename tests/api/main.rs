@@ -23,4 +23,5 @@ mod replay;
 mod rules;
 mod secrets;
 mod sql_mirrors;
+mod stripe_reads;
 mod webhook;
