@@ -97,12 +97,14 @@ pub const STRIPE_REQUEST_OUTCOMES: [&str; 8] = [
     "limited_locally",
 ];
 
-/// Stripe's `customer.*` event types (Stripe's API reference). A type outside this list is counted as
+/// Stripe's `customer.*` event types (Stripe's API reference), and our own
+/// `customer.snapshot`. A type outside this list is counted as
 /// `other`, so a hostile or future type cannot grow the number of series.
-const CUSTOMER_EVENT_TYPES: [&str; 21] = [
+const CUSTOMER_EVENT_TYPES: [&str; 22] = [
     "customer.created",
     "customer.updated",
     "customer.deleted",
+    "customer.snapshot",
     "customer.discount.created",
     "customer.discount.updated",
     "customer.discount.deleted",

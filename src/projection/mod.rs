@@ -127,7 +127,10 @@ fn snapshot_of(event: &CustomerEvent, rank: TypeRank) -> Result<Snapshot, String
         name,
         customer_created,
         version: Version {
-            deleted: rank == TypeRank::Deleted,
+            // A snapshot read from Stripe's API is a deletion when Stripe said so
+            // (`"deleted": true` on a retrieved customer).
+            deleted: rank == TypeRank::Deleted
+                || (rank == TypeRank::Snapshot && object.deleted == Some(Value::Bool(true))),
             created: event.created,
             rank,
             event_id: event.id.clone(),

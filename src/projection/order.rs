@@ -32,12 +32,15 @@ pub const SUPERSEDED_SQL: &str = "events.version < c.version";
 /// statement since reads that column, written at append time from [`Version::deleted`].
 pub const DELETED_FROM_VERSION_SQL: &str = "substr(version, 1, 1) = '1'";
 
-/// The rank of a snapshot type within one second (rule 3).
+/// The rank of a snapshot type within one second (rule 3): created < updated < snapshot <
+/// deleted. A snapshot read from Stripe's API reflects every update Stripe made before it
+/// was read, and a deletion is final. Migration 0003 moved deletions from digit 2 to 3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TypeRank {
     Created = 0,
     Updated = 1,
-    Deleted = 2,
+    Snapshot = 2,
+    Deleted = 3,
 }
 
 /// Orders the snapshots of one customer: the largest version wins.
@@ -80,7 +83,8 @@ impl Version {
         let rank = match text.get(21..22)? {
             "0" => TypeRank::Created,
             "1" => TypeRank::Updated,
-            "2" => TypeRank::Deleted,
+            "2" => TypeRank::Snapshot,
+            "3" => TypeRank::Deleted,
             _ => return None,
         };
         let event_id = EventId::parse(text.get(22..)?).ok()?;
@@ -154,6 +158,28 @@ mod tests {
                 version(false, 1, Updated, "evt_a"),
                 false,
             ),
+            // A snapshot read from Stripe's API outranks what it reflects (the same
+            // second and before) and loses to every later change and to a deletion.
+            (
+                version(false, 1, Snapshot, "evt_a"),
+                version(false, 1, Updated, "evt_z"),
+                true,
+            ),
+            (
+                version(false, 2, Updated, "evt_a"),
+                version(false, 1, Snapshot, "evt_z"),
+                true,
+            ),
+            (
+                version(false, 1, Snapshot, "evt_z"),
+                version(true, 1, Deleted, "evt_a"),
+                false,
+            ),
+            (
+                version(true, 1, Snapshot, "evt_a"),
+                version(false, 9, Updated, "evt_z"),
+                true,
+            ),
             // Deletion is final: a later update never brings a customer back.
             (
                 version(false, 9, Updated, "evt_z"),
@@ -194,8 +220,10 @@ mod tests {
             version(false, 0, Created, "evt_"),
             version(false, 0, Created, "evt_a"),
             version(false, 9, Updated, "evt_a"),
+            version(false, 9, Snapshot, "evt_a"),
             version(false, 10, Created, "evt_a"),
             version(false, i64::MAX, Updated, "evt_a"),
+            version(true, i64::MIN, Snapshot, "evt_a"),
             version(true, i64::MIN, Deleted, "evt_a"),
         ];
         let sorted = versions.clone();
@@ -236,5 +264,34 @@ mod migration_tests {
         }
         .encode()
         .starts_with('0'));
+    }
+
+    /// Migration 0003 moves deletions' rank digit from 2 to 3, where `encode` puts it now.
+    #[test]
+    fn migration_0003_moves_deletions_to_their_new_rank_digit() {
+        let at = |rank| {
+            let encoded = Version {
+                deleted: false,
+                created: 0,
+                rank,
+                event_id: EventId::parse("evt_1").unwrap(),
+            }
+            .encode();
+            encoded[21..22].to_owned()
+        };
+        assert_eq!(at(TypeRank::Snapshot), "2");
+        assert_eq!(at(TypeRank::Deleted), "3");
+        for migration in [
+            include_str!("../../migrations/sqlite/0003_snapshot_rank.sql"),
+            include_str!("../../migrations/postgres/0003_snapshot_rank.sql"),
+        ] {
+            assert_eq!(
+                migration
+                    .matches("substr(version, 1, 21) || '3' || substr(version, 23)")
+                    .count(),
+                2
+            );
+            assert_eq!(migration.matches("substr(version, 22, 1) = '2'").count(), 2);
+        }
     }
 }

@@ -1,5 +1,7 @@
-//! Rule 6: which `customer.*` events project. The three snapshot types do; every other
-//! `customer.*` type (subscriptions, sources, tax ids, discounts) is logged, not projected.
+//! Rule 6: which `customer.*` events project. Stripe's three customer events do, and so
+//! does our own `customer.snapshot` (a Customer as Stripe's API listed it: `backfill`, and
+//! `ensure`'s look-up of an existing customer); every other `customer.*` type
+//! (subscriptions, sources, tax ids, discounts) is logged, not projected.
 
 use std::fmt;
 
@@ -17,6 +19,9 @@ macro_rules! snapshot_type {
     (Deleted) => {
         "customer.deleted"
     };
+    (Snapshot) => {
+        "customer.snapshot"
+    };
 }
 
 /// Rule 6 in SQL, on the log's `type` column: the rows whose type projects. Mirrors
@@ -26,6 +31,8 @@ pub const PROJECTED_TYPES_SQL: &str = concat!(
     snapshot_type!(Created),
     "', '",
     snapshot_type!(Updated),
+    "', '",
+    snapshot_type!(Snapshot),
     "', '",
     snapshot_type!(Deleted),
     "')"
@@ -38,6 +45,10 @@ pub enum EventType {
     Created,
     Updated,
     Deleted,
+    /// A Customer object read from Stripe's API, recorded by us (never sent by Stripe):
+    /// its `created` is the second before it was read, and it ranks between updated and
+    /// deleted (rule 3).
+    Snapshot,
     /// Any other `customer.*` type: logged, not projected.
     Other(String),
 }
@@ -46,12 +57,14 @@ impl EventType {
     pub const CREATED: &'static str = snapshot_type!(Created);
     pub const UPDATED: &'static str = snapshot_type!(Updated);
     pub const DELETED: &'static str = snapshot_type!(Deleted);
+    pub const SNAPSHOT: &'static str = snapshot_type!(Snapshot);
 
     pub fn parse(raw: &str) -> Self {
         match raw {
             snapshot_type!(Created) => Self::Created,
             snapshot_type!(Updated) => Self::Updated,
             snapshot_type!(Deleted) => Self::Deleted,
+            snapshot_type!(Snapshot) => Self::Snapshot,
             other => Self::Other(other.to_owned()),
         }
     }
@@ -61,6 +74,7 @@ impl EventType {
             Self::Created => Self::CREATED,
             Self::Updated => Self::UPDATED,
             Self::Deleted => Self::DELETED,
+            Self::Snapshot => Self::SNAPSHOT,
             Self::Other(other) => other,
         }
     }
@@ -72,6 +86,7 @@ impl EventType {
             Self::Created => Some(TypeRank::Created),
             Self::Updated => Some(TypeRank::Updated),
             Self::Deleted => Some(TypeRank::Deleted),
+            Self::Snapshot => Some(TypeRank::Snapshot),
             Self::Other(_) => None,
         }
     }

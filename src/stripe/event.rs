@@ -49,6 +49,8 @@ pub struct ObjectFields {
     pub email: Option<Value>,
     pub name: Option<Value>,
     pub created: Option<Value>,
+    /// Present (`true`) on a customer Stripe's API retrieves after its deletion.
+    pub deleted: Option<Value>,
 }
 
 /// The envelope fields the log needs, each kept as the JSON value it is so that its type
@@ -365,6 +367,7 @@ mod tests {
             email: Some(json!("a@b.c")),
             name: None,
             created: Some(json!(1699999999)),
+            deleted: None,
         };
         assert_eq!(event.object, expected);
         assert_eq!(data_object(body.as_bytes()).unwrap(), expected);

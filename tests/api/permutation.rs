@@ -48,6 +48,10 @@ enum Kind {
     Created,
     Updated,
     Deleted,
+    /// A Customer read from Stripe's API (`customer.snapshot`).
+    Snapshot,
+    /// A customer Stripe's API said was deleted, as a snapshot.
+    DeletionSnapshot,
     /// Another `customer.*` type: logged, never projected (rule 6).
     Subscription,
 }
@@ -58,6 +62,7 @@ impl Kind {
             Kind::Created => "customer.created",
             Kind::Updated => "customer.updated",
             Kind::Deleted => "customer.deleted",
+            Kind::Snapshot | Kind::DeletionSnapshot => "customer.snapshot",
             Kind::Subscription => "customer.subscription.created",
         }
     }
@@ -124,6 +129,11 @@ impl HistoryEvent {
                 .as_object_mut()
                 .expect("data.object")
                 .remove("created");
+        }
+        if self.kind == Kind::DeletionSnapshot {
+            // What Stripe's API answers for a deleted customer.
+            event["data"]["object"] =
+                json!({"id": customer_id, "object": "customer", "deleted": true});
         }
         event
     }
@@ -200,6 +210,8 @@ fn history_event() -> impl Strategy<Value = HistoryEvent> {
         3 => Just(Kind::Created),
         3 => Just(Kind::Updated),
         1 => Just(Kind::Deleted),
+        2 => Just(Kind::Snapshot),
+        1 => Just(Kind::DeletionSnapshot),
         1 => Just(Kind::Subscription),
     ];
     // acct_A dominates and test mode is the common case, so customers of one account and

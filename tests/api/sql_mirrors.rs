@@ -36,9 +36,10 @@ use crate::helpers::{self, Backend, TestDb};
 
 const CUSTOMERS: [&str; 3] = ["cus_1", "cus_2", "cus_3"];
 /// Snapshot types, other `customer.*` types, and near misses of the snapshot types.
-const TYPES: [&str; 7] = [
+const TYPES: [&str; 8] = [
     "customer.created",
     "customer.updated",
+    "customer.snapshot",
     "customer.deleted",
     "customer.subscription.created",
     "customer.source.deleted",
@@ -386,7 +387,10 @@ async fn table(store: &Store, account: &str) -> Result<Vec<Row>, TestCaseError> 
     Ok(rows)
 }
 
-on_both_backends!(migration_0002_fills_deleted_from_each_logged_version);
+on_both_backends!(
+    migration_0002_fills_deleted_from_each_logged_version,
+    migration_0003_moves_logged_and_projected_deletions_to_rank_3
+);
 
 /// A log written before migration 0002 gets its `deleted` column from the version text,
 /// and a rebuild then reads it: the tombstone stays a tombstone.
@@ -471,8 +475,65 @@ async fn migration_0002_fills_deleted_from_each_logged_version(backend: Backend)
     drop(store);
 }
 
+/// Deletions logged and projected before migration 0003 carry rank digit 2, which is now
+/// the snapshot's: the migration rewrites them, in the log and the table, to exactly what
+/// the projection encodes now; other versions are untouched.
+async fn migration_0003_moves_logged_and_projected_deletions_to_rank_3(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    migrate_to(&db, backend, 2).await;
+    let version = |deleted: bool, rank: TypeRank, id: &str| {
+        Version {
+            deleted,
+            created: 5,
+            rank,
+            event_id: EventId::parse(id).expect("an event id"),
+        }
+        .encode()
+    };
+    let deleted_now = version(true, TypeRank::Deleted, "evt_2");
+    // Before 0003 a deletion's rank digit (byte 22) was 2.
+    let deleted_before = format!("{}2{}", &deleted_now[..21], &deleted_now[22..]);
+    let updated = version(false, TypeRank::Updated, "evt_3");
+    for (id, event_type, customer, version, deleted) in [
+        ("evt_2", "customer.deleted", "cus_1", &deleted_before, true),
+        ("evt_3", "customer.updated", "cus_2", &updated, false),
+    ] {
+        db.execute(&format!(
+            "INSERT INTO events (event_id, account, type, created, livemode, source, payload,
+                                 customer_id, customer_created, version, projection_version,
+                                 deleted)
+             VALUES ('{id}', 'acct_1', '{event_type}', 5, FALSE, 'webhook', '{{}}',
+                     '{customer}', 1, '{version}', {current}, {deleted})",
+            current = projection::PROJECTION_VERSION,
+        ))
+        .await;
+        db.execute(&format!(
+            "INSERT INTO customers (account, livemode, customer_id, email, email_key, name,
+                                    customer_created, deleted, version, last_event_id,
+                                    last_event_created)
+             VALUES ('acct_1', FALSE, '{customer}', NULL, NULL, NULL, 1, {deleted},
+                     '{version}', '{id}', 5)"
+        ))
+        .await;
+    }
+    let store = db.store().await;
+    for table in ["events", "customers"] {
+        let versions = db
+            .fetch_strings(&format!("SELECT version FROM {table} ORDER BY version"))
+            .await;
+        assert_eq!(versions, [updated.clone(), deleted_now.clone()], "{table}");
+    }
+    drop(store);
+}
+
 /// Applies only the first migration of `backend`, as a release before 0002 left it.
 async fn migrate_to_0001(db: &TestDb, backend: Backend) {
+    migrate_to(db, backend, 1).await;
+}
+
+/// Applies the migrations of `backend` up to `last`, as the release that had no later one
+/// left the database.
+async fn migrate_to(db: &TestDb, backend: Backend, last: i64) {
     use sqlx::migrate::Migrator;
     use sqlx::ConnectOptions;
     let folder = match backend {
@@ -482,8 +543,14 @@ async fn migrate_to_0001(db: &TestDb, backend: Backend) {
     let mut migrator = Migrator::new(std::path::Path::new(folder))
         .await
         .expect("migrations");
-    migrator.migrations = migrator.migrations[..1].to_vec().into();
-    assert_eq!(migrator.migrations[0].version, 1);
+    migrator.migrations = migrator
+        .migrations
+        .iter()
+        .filter(|migration| migration.version <= last)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    assert_eq!(migrator.migrations.len() as i64, last);
     match backend {
         Backend::Sqlite => {
             let options: sqlx::sqlite::SqliteConnectOptions = db.url.parse().expect("url");
@@ -492,12 +559,12 @@ async fn migrate_to_0001(db: &TestDb, backend: Backend) {
                 .connect()
                 .await
                 .expect("connect");
-            migrator.run(&mut connection).await.expect("migration 0001");
+            migrator.run(&mut connection).await.expect("the migrations");
         }
         Backend::Postgres => {
             let options: sqlx::postgres::PgConnectOptions = db.url.parse().expect("url");
             let mut connection = options.connect().await.expect("connect");
-            migrator.run(&mut connection).await.expect("migration 0001");
+            migrator.run(&mut connection).await.expect("the migrations");
         }
     }
 }
