@@ -23,4 +23,5 @@ pub mod secret;
 pub mod send;
 pub mod store;
 pub mod stripe;
+pub mod sync;
 pub mod telemetry;
