@@ -9,7 +9,6 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{self, WebhookConfig};
 use crate::domain::AccountId;
 use crate::ensure::{EnsureError, EnsureRequest, Ensurer};
-use crate::group_commit::GroupCommitter;
 use crate::http::{self, AppState, BodyBudget, EnsureAccess, ServerOptions};
 use crate::lookup::LookupRequest;
 use crate::lookup_batch::LookupBatcher;
@@ -371,7 +370,6 @@ async fn serve(database_url: &str, args: ServeArgs) -> Result<ExitCode, Failure>
     };
     let server = http::server(
         AppState {
-            committer: GroupCommitter::start(&store),
             lookups: LookupBatcher::start(&store),
             store,
             webhook,

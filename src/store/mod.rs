@@ -3,18 +3,16 @@
 //! The only module that knows SQL. It persists what `projection` decides and answers
 //! checkout's reads; every write of an event and its projection is one transaction.
 
+mod append;
+mod group_commit;
 mod postgres;
 mod sqlite;
-
-use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::domain::{AccountId, EmailKey};
 use crate::lookup::LookupRequest;
-use crate::metrics;
-use crate::projection::{Effect, Projected};
-use crate::stripe::event::CustomerEvent;
+use crate::projection::Projected;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -116,25 +114,33 @@ pub enum StoreError {
     DiskFailed(String),
 }
 
-/// Where an event in the log came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// Delivered to `POST /webhooks/stripe`.
-    Webhook,
-    /// Backfilled from a Stripe event export by `import`.
-    Import,
-    /// Recorded from Stripe's answer to our own API call (checkout's get-or-create).
-    Api,
+/// Declares [`Source`]: each variant with the name the log stores for it.
+macro_rules! sources {
+    ($($(#[$doc:meta])* $variant:ident => $name:literal,)+) => {
+        /// Where an event in the log came from. A new source is one line here.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Source {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl Source {
+            /// The name stored in the log's `source` column and used as a metric label.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)+
+                }
+            }
+        }
+    };
 }
 
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Webhook => "webhook",
-            Source::Import => "import",
-            Source::Api => "api",
-        }
-    }
+sources! {
+    /// Delivered to `POST /webhooks/stripe`.
+    Webhook => "webhook",
+    /// Backfilled from a Stripe event export by `import`.
+    Import => "import",
+    /// Recorded from Stripe's answer to our own API call (checkout's get-or-create).
+    Api => "api",
 }
 
 /// The result of appending an event.
@@ -168,118 +174,6 @@ struct NumberedCustomer {
     i: i64,
     #[sqlx(flatten)]
     customer: Customer,
-}
-
-/// One new row of the log, as an append writes it; `source` and `projection_version` are
-/// the same for a whole batch and travel separately. Bound row by row on SQLite, as one
-/// array per column on PostgreSQL.
-#[derive(Debug)]
-struct EventRow<'a> {
-    event_id: &'a str,
-    account: &'a str,
-    event_type: &'a str,
-    created: i64,
-    livemode: bool,
-    object_id: Option<&'a str>,
-    payload: &'a str,
-    /// The projection's columns: the snapshot, or why there is none.
-    customer_id: Option<&'a str>,
-    email: Option<&'a str>,
-    email_key: Option<&'a str>,
-    name: Option<&'a str>,
-    customer_created: Option<i64>,
-    version: Option<String>,
-    deleted: Option<bool>,
-    projection_error: Option<&'a str>,
-}
-
-impl<'a> EventRow<'a> {
-    fn new(event: &'a CustomerEvent, effect: &'a Effect) -> Self {
-        let snapshot = match effect {
-            Effect::Snapshot(snapshot) => Some(snapshot),
-            Effect::None | Effect::Error(_) => None,
-        };
-        Self {
-            event_id: event.id.as_str(),
-            account: event.account.as_str(),
-            event_type: event.event_type.as_str(),
-            created: event.created,
-            livemode: event.livemode,
-            object_id: event.object_id.as_deref(),
-            payload: &event.payload,
-            customer_id: snapshot.map(|s| s.customer_id.as_str()),
-            email: snapshot.and_then(|s| s.email.as_deref()),
-            email_key: snapshot.and_then(|s| s.email_key.as_ref().map(EmailKey::as_str)),
-            name: snapshot.and_then(|s| s.name.as_deref()),
-            customer_created: snapshot.map(|s| s.customer_created),
-            version: snapshot.map(|s| s.version.encode()),
-            deleted: snapshot.map(|s| s.version.deleted),
-            projection_error: match effect {
-                Effect::Error(reason) => Some(reason),
-                Effect::Snapshot(_) | Effect::None => None,
-            },
-        }
-    }
-}
-
-/// A batch as the backends write it: each event id once (its first delivery: a repeat
-/// within the batch is a duplicate too), sorted by id, and the event id of each
-/// customer's newest snapshot in the batch, sorted by customer key, so concurrent batches
-/// take locks in one order.
-struct AppendPlan<'a> {
-    events: &'a [(&'a CustomerEvent, &'a Effect)],
-    /// Positions in `events` of the rows, in the same order.
-    candidates: Vec<usize>,
-    rows: Vec<EventRow<'a>>,
-    newest: Vec<String>,
-}
-
-impl<'a> AppendPlan<'a> {
-    fn new(events: &'a [(&'a CustomerEvent, &'a Effect)]) -> Self {
-        // A stable sort keeps the first delivery of a repeated id first: that one may be new.
-        let mut candidates: Vec<usize> = (0..events.len()).collect();
-        candidates.sort_by(|&a, &b| events[a].0.id.cmp(&events[b].0.id));
-        candidates.dedup_by(|later, earlier| events[*later].0.id == events[*earlier].0.id);
-        let rows = candidates
-            .iter()
-            .map(|&i| EventRow::new(events[i].0, events[i].1))
-            .collect();
-        let snapshots = candidates.iter().filter_map(|&i| match events[i] {
-            (event, Effect::Snapshot(snapshot)) => Some(Projected::new(event, snapshot.clone())),
-            _ => None,
-        });
-        let newest = crate::projection::newest_per_customer(snapshots.collect())
-            .into_iter()
-            .map(|row| row.snapshot.version.event_id.to_string())
-            .collect();
-        Self {
-            events,
-            candidates,
-            rows,
-            newest,
-        }
-    }
-
-    /// Each event's outcome, in input order, from the `(seq, event_id)` of the rows the
-    /// backend found new.
-    fn outcomes(self, stored: Vec<(i64, String)>) -> Vec<AppendOutcome> {
-        let stored: std::collections::HashMap<String, i64> =
-            stored.into_iter().map(|(seq, id)| (id, seq)).collect();
-        let mut outcomes = vec![AppendOutcome::Duplicate; self.events.len()];
-        for i in self.candidates {
-            let (event, effect) = self.events[i];
-            if let Some(&seq) = stored.get(event.id.as_str()) {
-                outcomes[i] = AppendOutcome::Stored {
-                    seq,
-                    projection_error: match effect {
-                        Effect::Error(reason) => Some(reason.clone()),
-                        Effect::Snapshot(_) | Effect::None => None,
-                    },
-                };
-            }
-        }
-        outcomes
-    }
 }
 
 /// Places each backend's numbered rows at their key's position; keys without a row are
@@ -436,31 +330,6 @@ pub struct CustomerCounts {
     pub deleted_customers: i64,
 }
 
-/// Counts a batch's appends, once durable: each event waited for the whole batch.
-pub(crate) fn record_appends<'e>(
-    events: impl IntoIterator<Item = &'e CustomerEvent>,
-    source: Source,
-    started: Instant,
-    outcomes: &[AppendOutcome],
-) {
-    let elapsed = started.elapsed();
-    for (event, outcome) in events.into_iter().zip(outcomes) {
-        let (stored, projection_error) = match outcome {
-            AppendOutcome::Stored {
-                projection_error, ..
-            } => (true, projection_error.is_some()),
-            AppendOutcome::Duplicate => (false, false),
-        };
-        metrics::append_finished(
-            event.event_type.as_str(),
-            source,
-            elapsed,
-            stored,
-            projection_error,
-        );
-    }
-}
-
 /// The store: an event log and its projection, on one of the two backends.
 #[derive(Debug, Clone)]
 pub enum Store {
@@ -496,72 +365,6 @@ impl Store {
             Self::Postgres(store) => store.migrate().await?,
         }
         Ok(())
-    }
-
-    /// Appends an event and applies its effect, atomically. Idempotent on the event id,
-    /// including under concurrent deliveries of one event.
-    ///
-    /// A batch of one: the same statements as every batch.
-    pub async fn append(
-        &self,
-        event: &CustomerEvent,
-        effect: &Effect,
-        source: Source,
-    ) -> Result<AppendOutcome, StoreError> {
-        let mut outcomes = self.append_refs(&[(event, effect)], source).await?;
-        // append_many answers every event it is given: one here.
-        outcomes.pop().ok_or(StoreError::BatchFailed)
-    }
-
-    /// Appends many events in one transaction; outcomes in input order. A batch either
-    /// commits whole or not at all.
-    pub async fn append_many(
-        &self,
-        events: &[(CustomerEvent, Effect)],
-        source: Source,
-    ) -> Result<Vec<AppendOutcome>, StoreError> {
-        let events: Vec<(&CustomerEvent, &Effect)> = events.iter().map(|(e, f)| (e, f)).collect();
-        self.append_refs(&events, source).await
-    }
-
-    /// The one path every source (webhook, import, API) appends through: durable before
-    /// it returns. On SQLite, the writer thread commits everything queued together, so
-    /// these events may share their transaction with other callers'; see
-    /// [`Store::append_owned`] to hand them over without a copy.
-    pub(crate) async fn append_refs(
-        &self,
-        events: &[(&CustomerEvent, &Effect)],
-        source: Source,
-    ) -> Result<Vec<AppendOutcome>, StoreError> {
-        match self {
-            Self::Sqlite(s) => {
-                let owned = events.iter().map(|&(e, f)| (e.clone(), f.clone()));
-                s.append(owned.collect(), source).await
-            }
-            Self::Postgres(s) => {
-                let started = Instant::now();
-                let outcomes = postgres::append_many(&s.pool, events, source).await?;
-                let appended = events.iter().map(|(event, _)| *event);
-                record_appends(appended, source, started, &outcomes);
-                Ok(outcomes)
-            }
-        }
-    }
-
-    /// [`Store::append_refs`] for events the caller gives away.
-    pub(crate) async fn append_owned(
-        &self,
-        events: Vec<(CustomerEvent, Effect)>,
-        source: Source,
-    ) -> Result<Vec<AppendOutcome>, StoreError> {
-        match self {
-            // Counted by the flusher, once durable.
-            Self::Sqlite(s) => s.append(events, source).await,
-            Self::Postgres(_) => {
-                let refs: Vec<_> = events.iter().map(|(e, f)| (e, f)).collect();
-                self.append_refs(&refs, source).await
-            }
-        }
     }
 
     /// The customer checkout should use for this email on this account.

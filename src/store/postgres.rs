@@ -13,9 +13,9 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::Connection;
 use sqlx::{PgPool, Postgres};
 
-use super::{
-    in_key_order, AppendOutcome, AppendPlan, Customer, EventRow, NumberedCustomer, Source,
-};
+use super::append::{AppendPlan, EventRow};
+use super::group_commit::{self, Committer, Job};
+use super::{in_key_order, AppendOutcome, Customer, NumberedCustomer, Source, StoreError};
 use crate::projection::canonical::{self, CANDIDATE_SQL, CANONICAL_ORDER_SQL};
 use crate::projection::order::NEWEST_FIRST_SQL;
 use crate::projection::types::PROJECTED_TYPES_SQL;
@@ -35,10 +35,14 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// webhook answers 503 promptly and Stripe retries later.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNECTIONS: u32 = 16;
+/// Group-commit tasks: two, so that one batch gathers while another commits. More make
+/// smaller batches, and the database's cost per statement then shows.
+const COMMITTERS: usize = 2;
 
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pub(super) pool: PgPool,
+    committer: Committer,
 }
 
 /// Checks a `postgres://` URL without connecting.
@@ -60,7 +64,17 @@ impl PgStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        let committer = Committer::spawn(COMMITTERS, Appender { pool: pool.clone() });
+        Ok(Self { pool, committer })
+    }
+
+    /// Appends through the committers (see `group_commit`).
+    pub(super) async fn append(
+        &self,
+        events: Vec<(CustomerEvent, Effect)>,
+        source: Source,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        self.committer.append(events, source).await
     }
 
     pub(super) async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
@@ -102,10 +116,36 @@ static APPEND_BATCH: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Group commit's statements on PostgreSQL: a commit is durable when it returns.
+#[derive(Debug, Clone)]
+struct Appender {
+    pool: PgPool,
+}
+
+impl group_commit::Backend for Appender {
+    /// [`APPEND_BATCH`] takes one source.
+    const MIXES_SOURCES: bool = false;
+
+    async fn write(&mut self, jobs: &[Job]) -> Result<Vec<AppendOutcome>, StoreError> {
+        let Some(first) = jobs.first() else {
+            return Ok(Vec::new());
+        };
+        let events: Vec<(&CustomerEvent, &Effect)> = jobs
+            .iter()
+            .flat_map(|job| job.events.iter().map(|(event, effect)| (event, effect)))
+            .collect();
+        Ok(append_many(&self.pool, &events, first.source).await?)
+    }
+
+    fn refused(error: &StoreError) -> bool {
+        matches!(error, StoreError::Database(sqlx::Error::Database(_)))
+    }
+}
+
 /// Appends many events, each idempotent on its id (a repeat within the batch is a
 /// duplicate too), and projects them, in one statement (see [`APPEND_BATCH`]): a round
 /// trip to the database is what a batch shares, so it pays one. Outcomes in input order.
-pub(super) async fn append_many(
+async fn append_many(
     pool: &PgPool,
     events: &[(&CustomerEvent, &Effect)],
     source: Source,

@@ -109,8 +109,7 @@ impl SqliteStore {
         })
     }
 
-    /// Appends and projects `events` in one transaction (shared with whatever else is
-    /// appended meanwhile); returns once it is durable.
+    /// Appends through the writer thread's group commit (see `writer.rs`).
     pub(super) async fn append(
         &self,
         events: Vec<(CustomerEvent, Effect)>,

@@ -10,7 +10,6 @@ use serde_json::{json, Value};
 use stripe_projector::config::WebhookConfig;
 use stripe_projector::domain::AccountId;
 use stripe_projector::ensure::Ensurer;
-use stripe_projector::group_commit::GroupCommitter;
 use stripe_projector::http::{self, AppState, BodyBudget, EnsureAccess, ServerOptions};
 use stripe_projector::lookup_batch::LookupBatcher;
 use stripe_projector::secret::Secret;
@@ -352,7 +351,6 @@ impl TestApp {
             .stripe_api
             .map(|api| StripeApi::new(api).expect("Stripe client"));
         let state = AppState {
-            committer: GroupCommitter::start(&store),
             lookups: LookupBatcher::start(&store),
             store: store.clone(),
             webhook: WebhookConfig {
