@@ -11,7 +11,6 @@ mod sqlite;
 use serde::Serialize;
 
 use crate::domain::{AccountId, EmailKey};
-use crate::lookup::LookupRequest;
 use crate::projection::Projected;
 
 pub use postgres::PgStore;
@@ -193,6 +192,16 @@ fn in_key_order(
     Ok(found)
 }
 
+/// Checkout's question: the customer for this email on this account (see
+/// `lookup::LookupRequest::parse`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupRequest {
+    pub account: AccountId,
+    pub email: EmailKey,
+    /// `None`: either mode, as long as only one has a customer.
+    pub livemode: Option<bool>,
+}
+
 /// Checkout's answer for `(account, email[, livemode])`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
@@ -308,6 +317,46 @@ impl Rebuild {
             RebuildKind::Replace => "customers_rebuild",
             RebuildKind::Verify => "customers_verify",
         }
+    }
+}
+
+/// The end of a rebuild, appends blocked: what arrived since it started is to be
+/// projected and written with [`FinishingRebuild::complete`]. Dropped, it changes nothing
+/// and appends resume.
+#[derive(Debug)]
+pub struct FinishingRebuild {
+    rebuild: Rebuild,
+    locked: Locked,
+    arrived: Vec<LogRecord>,
+}
+
+/// The transaction that blocks appends, and the pool it came from.
+#[derive(Debug)]
+enum Locked {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::SqlitePool),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>, sqlx::PgPool),
+}
+
+impl FinishingRebuild {
+    /// The events appended since the rebuild started, in log order.
+    pub fn arrived(&self) -> &[LogRecord] {
+        &self.arrived
+    }
+
+    /// Writes `rows` (what [`Self::arrived`] projects to, newest per customer) into the
+    /// rebuild's table, then swaps the table in (`Replace`) or returns how it differs from
+    /// the live table (`Verify`, which changes nothing).
+    pub async fn complete(self, rows: &[Projected]) -> Result<Vec<Difference>, StoreError> {
+        let table = self.rebuild.table();
+        let swap = self.rebuild.kind == RebuildKind::Replace;
+        Ok(match self.locked {
+            Locked::Sqlite(tx, pool) => {
+                sqlite::queries::finish_rebuild(tx, &pool, table, swap, rows).await?
+            }
+            Locked::Postgres(tx, pool) => {
+                postgres::queries::finish_rebuild(tx, &pool, table, swap, rows).await?
+            }
+        })
     }
 }
 
@@ -528,25 +577,26 @@ impl Store {
         Ok(())
     }
 
-    /// Finishes a rebuild with appends blocked for a moment: catches up with what arrived
-    /// since it started, then swaps the table in (`Replace`) or returns how it differs
-    /// from the live table (`Verify`, which changes nothing).
-    pub async fn finish_rebuild(
-        &self,
-        rebuild: Rebuild,
-        project: &(dyn Fn(&LogRecord) -> Option<Projected> + Sync),
-    ) -> Result<Vec<Difference>, StoreError> {
-        let table = rebuild.table();
-        let swap = rebuild.kind == RebuildKind::Replace;
+    /// Starts the end of a rebuild: blocks appends (until the returned [`FinishingRebuild`]
+    /// completes or is dropped) and reads what arrived since the rebuild started, for the
+    /// caller to project.
+    pub async fn finish_rebuild(&self, rebuild: Rebuild) -> Result<FinishingRebuild, StoreError> {
         let horizon = rebuild.horizon;
-        Ok(match self {
+        let (locked, arrived) = match self {
             Self::Sqlite(s) => {
-                sqlite::queries::finish_rebuild(&s.maintenance, table, horizon, swap, project)
-                    .await?
+                let (tx, arrived) =
+                    sqlite::queries::lock_for_finish(&s.maintenance, horizon).await?;
+                (Locked::Sqlite(tx, s.maintenance.clone()), arrived)
             }
             Self::Postgres(s) => {
-                postgres::queries::finish_rebuild(&s.pool, table, horizon, swap, project).await?
+                let (tx, arrived) = postgres::queries::lock_for_finish(&s.pool, horizon).await?;
+                (Locked::Postgres(tx, s.pool.clone()), arrived)
             }
+        };
+        Ok(FinishingRebuild {
+            rebuild,
+            locked,
+            arrived,
         })
     }
 

@@ -342,20 +342,28 @@ pub(in crate::store) async fn start_rebuild(
     Ok(horizon)
 }
 
-/// Ends a rebuild while appends are blocked: apply what arrived after the horizon, then
-/// either swap the aside table in (readers see the old table or the new one, never a
-/// half-built one) or compare it with the live table and throw it away.
-pub(in crate::store) async fn finish_rebuild(
+/// Blocks appends for the end of a rebuild and reads what arrived after its horizon.
+pub(in crate::store) async fn lock_for_finish(
     writer: &Pool<Db>,
-    aside: &str,
     horizon: i64,
-    swap: bool,
-    project: &(dyn Fn(&LogRecord) -> Option<Projected> + Sync),
-) -> Result<Vec<Difference>, sqlx::Error> {
+) -> Result<(Transaction<'static, Db>, Vec<LogRecord>), sqlx::Error> {
     let mut tx = super::begin_locked(writer).await?;
     let arrived = log_after(&mut tx, horizon).await?;
-    let rows = crate::projection::newest_per_customer(arrived.iter().filter_map(project).collect());
-    upsert_many(&mut tx, aside, &rows).await?;
+    Ok((tx, arrived))
+}
+
+/// Ends a rebuild, appends still blocked by `tx`: writes what arrived after the horizon
+/// (`rows`, newest per customer), then either swaps the aside table in (readers see the
+/// old table or the new one, never a half-built one) or compares it with the live table
+/// and throws it away.
+pub(in crate::store) async fn finish_rebuild(
+    mut tx: Transaction<'static, Db>,
+    writer: &Pool<Db>,
+    aside: &str,
+    swap: bool,
+    rows: &[Projected],
+) -> Result<Vec<Difference>, sqlx::Error> {
+    upsert_many(&mut tx, aside, rows).await?;
     if swap {
         swap_in(&mut tx, aside).await?;
         tx.commit().await?;
