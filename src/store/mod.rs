@@ -6,12 +6,15 @@
 mod append;
 mod group_commit;
 mod postgres;
+mod sql;
 mod sqlite;
 
 use serde::Serialize;
 
 use crate::domain::{AccountId, EmailKey};
 use crate::projection::Projected;
+
+use sql::Sql;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -350,12 +353,8 @@ impl FinishingRebuild {
         let table = self.rebuild.table();
         let swap = self.rebuild.kind == RebuildKind::Replace;
         Ok(match self.locked {
-            Locked::Sqlite(tx, pool) => {
-                sqlite::queries::finish_rebuild(tx, &pool, table, swap, rows).await?
-            }
-            Locked::Postgres(tx, pool) => {
-                postgres::queries::finish_rebuild(tx, &pool, table, swap, rows).await?
-            }
+            Locked::Sqlite(tx, pool) => Sql::finish_rebuild(tx, &pool, table, swap, rows).await?,
+            Locked::Postgres(tx, pool) => Sql::finish_rebuild(tx, &pool, table, swap, rows).await?,
         })
     }
 }
@@ -471,31 +470,31 @@ impl Store {
     /// Every row of the customer table, ordered by (account, livemode, customer id).
     pub async fn customers(&self) -> Result<Vec<ProjectedCustomer>, StoreError> {
         Ok(match self {
-            Self::Sqlite(s) => sqlite::queries::all_customers(&s.reader).await?,
-            Self::Postgres(s) => postgres::queries::all_customers(&s.pool).await?,
+            Self::Sqlite(s) => Sql::all_customers(&s.reader).await?,
+            Self::Postgres(s) => Sql::all_customers(&s.pool).await?,
         })
     }
 
     /// One event of the log, by id.
     pub async fn event(&self, event_id: &str) -> Result<Option<LoggedEvent>, StoreError> {
         Ok(match self {
-            Self::Sqlite(s) => sqlite::queries::event(&s.reader, event_id).await?,
-            Self::Postgres(s) => postgres::queries::event(&s.pool, event_id).await?,
+            Self::Sqlite(s) => Sql::event(&s.reader, event_id).await?,
+            Self::Postgres(s) => Sql::event(&s.pool, event_id).await?,
         })
     }
 
     /// How many customers the table holds, live and deleted (cheaper than `status`).
     pub async fn customer_counts(&self) -> Result<CustomerCounts, StoreError> {
         Ok(match self {
-            Self::Sqlite(s) => sqlite::queries::customer_counts(&s.reader).await?,
-            Self::Postgres(s) => postgres::queries::customer_counts(&s.pool).await?,
+            Self::Sqlite(s) => Sql::customer_counts(&s.reader).await?,
+            Self::Postgres(s) => Sql::customer_counts(&s.pool).await?,
         })
     }
 
     pub async fn status(&self) -> Result<Status, StoreError> {
         Ok(match self {
-            Self::Sqlite(s) => sqlite::queries::status(&s.reader).await?,
-            Self::Postgres(s) => postgres::queries::status(&s.pool).await?,
+            Self::Sqlite(s) => Sql::status(&s.reader).await?,
+            Self::Postgres(s) => Sql::status(&s.pool).await?,
         })
     }
 
@@ -505,8 +504,8 @@ impl Store {
         let token = chrono::Utc::now().timestamp_micros().to_string();
         let table = Rebuild::table_for(kind);
         let horizon = match self {
-            Self::Sqlite(s) => sqlite::queries::start_rebuild(&s.maintenance, table).await?,
-            Self::Postgres(s) => postgres::queries::start_rebuild(&s.pool, table).await?,
+            Self::Sqlite(s) => Sql::start_rebuild(&s.maintenance, table).await?,
+            Self::Postgres(s) => Sql::start_rebuild(&s.pool, table).await?,
         };
         Ok(Rebuild {
             kind,
@@ -518,8 +517,8 @@ impl Store {
     /// The part of the log a rebuild reads before it blocks appends.
     pub async fn log_summary(&self, upto: i64) -> Result<LogSummary, StoreError> {
         Ok(match self {
-            Self::Sqlite(s) => sqlite::queries::log_summary(&s.reader, upto).await?,
-            Self::Postgres(s) => postgres::queries::log_summary(&s.pool, upto).await?,
+            Self::Sqlite(s) => Sql::log_summary(&s.reader, upto).await?,
+            Self::Postgres(s) => Sql::log_summary(&s.pool, upto).await?,
         })
     }
 
@@ -536,12 +535,8 @@ impl Store {
     ) -> Result<Vec<LogRecord>, StoreError> {
         let (below, stale) = (reparse_below, only_stale);
         Ok(match self {
-            Self::Sqlite(s) => {
-                sqlite::queries::log_page(&s.reader, after, upto, limit, below, stale).await?
-            }
-            Self::Postgres(s) => {
-                postgres::queries::log_page(&s.pool, after, upto, limit, below, stale).await?
-            }
+            Self::Sqlite(s) => Sql::log_page(&s.reader, after, upto, limit, below, stale).await?,
+            Self::Postgres(s) => Sql::log_page(&s.pool, after, upto, limit, below, stale).await?,
         })
     }
 
@@ -571,8 +566,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         let table = rebuild.table();
         match self {
-            Self::Sqlite(s) => sqlite::queries::write_rows(&s.maintenance, table, rows).await?,
-            Self::Postgres(s) => postgres::queries::write_rows(&s.pool, table, rows).await?,
+            Self::Sqlite(s) => Sql::write_rows(&s.maintenance, table, rows).await?,
+            Self::Postgres(s) => Sql::write_rows(&s.pool, table, rows).await?,
         }
         Ok(())
     }
@@ -584,12 +579,11 @@ impl Store {
         let horizon = rebuild.horizon;
         let (locked, arrived) = match self {
             Self::Sqlite(s) => {
-                let (tx, arrived) =
-                    sqlite::queries::lock_for_finish(&s.maintenance, horizon).await?;
+                let (tx, arrived) = Sql::lock_for_finish(&s.maintenance, horizon).await?;
                 (Locked::Sqlite(tx, s.maintenance.clone()), arrived)
             }
             Self::Postgres(s) => {
-                let (tx, arrived) = postgres::queries::lock_for_finish(&s.pool, horizon).await?;
+                let (tx, arrived) = Sql::lock_for_finish(&s.pool, horizon).await?;
                 (Locked::Postgres(tx, s.pool.clone()), arrived)
             }
         };
@@ -604,10 +598,8 @@ impl Store {
     /// the same customer supersedes. Returns how many were removed.
     pub async fn prune_superseded(&self, older_than: i64) -> Result<u64, StoreError> {
         Ok(match self {
-            Self::Sqlite(s) => {
-                sqlite::queries::prune_superseded(&s.maintenance, older_than).await?
-            }
-            Self::Postgres(s) => postgres::queries::prune_superseded(&s.pool, older_than).await?,
+            Self::Sqlite(s) => Sql::prune_superseded(&s.maintenance, older_than).await?,
+            Self::Postgres(s) => Sql::prune_superseded(&s.pool, older_than).await?,
         })
     }
 
@@ -615,7 +607,7 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Self::Sqlite(s) => s.ping().await?,
-            Self::Postgres(s) => postgres::queries::ping(&s.pool).await?,
+            Self::Postgres(s) => Sql::ping(&s.pool).await?,
         }
         Ok(())
     }

@@ -15,19 +15,13 @@ use sqlx::{PgPool, Postgres};
 
 use super::append::{AppendPlan, EventRow};
 use super::group_commit::{self, Committer, Job};
+use super::sql::{self, Dialect};
 use super::{in_key_order, AppendOutcome, Customer, NumberedCustomer, Source, StoreError};
 use crate::projection::canonical::{self, CANDIDATE_SQL, CANONICAL_ORDER_SQL};
 use crate::projection::order::NEWEST_FIRST_SQL;
 use crate::projection::types::PROJECTED_TYPES_SQL;
 use crate::projection::{Effect, PROJECTION_VERSION};
 use crate::stripe::event::CustomerEvent;
-
-type Db = Postgres;
-
-pub(super) mod queries {
-    use super::Db;
-    include!("queries.rs");
-}
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -110,9 +104,9 @@ static APPEND_BATCH: LazyLock<String> = LazyLock::new(|| {
              {upsert}
          )
          SELECT seq, event_id FROM inserted",
-        events = queries::INSERT_EVENTS_HEAD,
-        customers = queries::UPSERT_CUSTOMERS_HEAD.replace("{table}", "customers"),
-        upsert = *queries::UPSERT_CUSTOMERS_TAIL,
+        events = sql::INSERT_EVENTS_HEAD,
+        customers = sql::UPSERT_CUSTOMERS_HEAD.replace("{table}", "customers"),
+        upsert = *sql::UPSERT_CUSTOMERS_TAIL,
     )
 });
 
@@ -287,12 +281,25 @@ pub(super) async fn rebuild_from_columns(
     Ok(rows)
 }
 
-/// A transaction that blocks appends (inserts into the log) but not reads, and waits for
-/// appends in flight to commit first.
-async fn begin_locked(pool: &PgPool) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("LOCK TABLE events IN SHARE MODE")
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+impl Dialect for Postgres {
+    async fn begin_locked(
+        pool: &PgPool,
+    ) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("LOCK TABLE events IN SHARE MODE")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
+    fn rows_affected(done: &sqlx::postgres::PgQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    async fn execute_built(
+        connection: &mut PgConnection,
+        mut query: sqlx::QueryBuilder<'_, Postgres>,
+    ) -> Result<(), sqlx::Error> {
+        query.build().execute(connection).await.map(drop)
+    }
 }

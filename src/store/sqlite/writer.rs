@@ -22,13 +22,13 @@ use futures_util::FutureExt;
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::mpsc;
 
-use super::queries::{
-    statement_chunks, INSERT_EVENTS_HEAD, UPSERT_CUSTOMERS_HEAD, UPSERT_CUSTOMERS_TAIL,
-};
 use super::{open_connection, spawn_thread};
 use crate::projection::{Effect, PROJECTION_VERSION};
 use crate::store::append::{AppendPlan, EventRow};
 use crate::store::group_commit::{self, Committed, Committer, Job, MAX_JOBS};
+use crate::store::sql::{
+    statement_chunks, INSERT_EVENTS_HEAD, UPSERT_CUSTOMERS_HEAD, UPSERT_CUSTOMERS_TAIL,
+};
 use crate::store::{AppendOutcome, Source, StoreError};
 use crate::stripe::event::CustomerEvent;
 
