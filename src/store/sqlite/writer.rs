@@ -587,6 +587,57 @@ mod tests {
         drop(store);
     }
 
+    /// When the database refuses a batch's statement, the batch is written again job by
+    /// job: the job it refuses fails alone, and the others are stored.
+    #[tokio::test]
+    async fn a_refused_job_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("writer.db");
+        let url = DatabaseUrl::parse(&format!("sqlite:{}", path.display())).unwrap();
+        Store::connect(&url).await.unwrap().migrate().await.unwrap();
+        let connection = open_connection(&path, WRITER_SETTINGS).unwrap();
+        connection
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.event_id = 'evt_bad'
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+            )
+            .unwrap();
+        let mut writer = Writer {
+            connection,
+            failure: Arc::new(DiskFailure::new()),
+        };
+        let jobs = vec![
+            job(vec![event("evt_good", "cus_good")], Source::Webhook),
+            job(vec![event("evt_bad", "cus_bad")], Source::Webhook),
+            job(vec![event("evt_also", "cus_also")], Source::Import),
+        ];
+
+        let committed = group_commit::commit(&mut writer, jobs)
+            .now_or_never()
+            .unwrap();
+
+        let stored: Vec<bool> = committed
+            .results
+            .iter()
+            .map(|result| matches!(result.as_deref(), Ok([AppendOutcome::Stored { .. }])))
+            .collect();
+        assert_eq!(stored, [true, false, true]);
+        assert!(
+            matches!(committed.results[1], Err(StoreError::Sqlite(_))),
+            "{:?}",
+            committed.results[1]
+        );
+        let logged: Vec<String> = writer
+            .connection
+            .prepare("SELECT event_id FROM events ORDER BY event_id")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(logged, ["evt_also", "evt_good"]);
+    }
+
     /// Several callers' appends in one transaction: each row keeps its own caller's
     /// source, a repeat across callers is a duplicate, and outcomes come back job by job.
     #[tokio::test]
