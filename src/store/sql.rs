@@ -368,11 +368,12 @@ where
         Ok(DB::rows_affected(&done))
     }
 
-    /// Starts a rebuild: drops any aside table an interrupted one left, and takes the horizon
-    /// up to which the log is read without blocking anyone (the backend's
-    /// `rebuild_from_columns` then creates the aside table). The horizon is taken while appends are blocked, so every
-    /// event at or below it has committed (a PostgreSQL sequence value is taken at insert and
-    /// may commit late; no such straggler can hide below the horizon).
+    /// Starts a rebuild: drops any aside table an interrupted one left, and takes the
+    /// horizon up to which the log is read without blocking anyone (the backend's
+    /// `rebuild_from_columns` then creates the aside table). The horizon is taken while
+    /// appends are blocked, so every event at or below it has committed (a PostgreSQL
+    /// sequence value is taken at insert and may commit late; no such straggler can hide
+    /// below the horizon).
     pub(super) async fn start_rebuild(writer: &Pool<DB>, aside: &str) -> Result<i64, sqlx::Error> {
         Self::drop_table(writer, aside).await?;
         let mut tx = DB::begin_locked(writer).await?;

@@ -3,16 +3,17 @@
 //!
 //! SQLite takes one writer at a time, so every append of the process goes to one writer
 //! thread, which drains the group-commit queue: each batch is committed by the shared
-//! policy (see `store/group_commit.rs`) with this backend's statements. It then hands the batch to the flusher thread, which makes it
-//! durable (see `sqlite.rs` on `synchronous=NORMAL`) and only then answers each caller,
-//! while the writer writes the next batch; one flush covers every batch committed before
-//! it. After each flush the checkpointer copies the log into the database file, beside
+//! policy (see `store/group_commit.rs`) with this backend's statements. It then hands
+//! the batch to the flusher thread, which makes it durable (see `sqlite.rs` on
+//! `synchronous=NORMAL`) and only then answers each caller, while the writer writes the
+//! next batch; one flush covers every batch committed before it. After each flush the checkpointer copies the log into the database file, beside
 //! the writer, so the writer seldom has to.
 //!
 //! Why threads and not sqlx: sqlx runs each SQLite connection on a thread of its own too,
 //! but sends every statement's result and every row back to the waiting task one by one,
 //! and each send woke that task, which took the core from the writer in the middle of its
-//! transaction, thousands of times a second under load. These threads wake nobody until a batch is written, then one thread per step.
+//! transaction, thousands of times a second under load. These threads wake nobody until
+//! a batch is written, then one thread per step.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
