@@ -187,9 +187,10 @@ fn failed(error: StoreError, jobs: usize) -> Vec<Answer> {
 }
 
 impl Committed {
-    /// Whether anything was written: a batch that failed whole has nothing to make
-    /// durable, and may be answered at once.
-    pub(super) fn wrote(&self) -> bool {
+    /// Whether any of its transactions committed, even one that found only duplicates
+    /// (what it found must be durable before it is acknowledged). A batch that failed
+    /// whole has nothing to make durable, and may be answered at once.
+    pub(super) fn committed_any(&self) -> bool {
         self.results.iter().any(Result::is_ok)
     }
 

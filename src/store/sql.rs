@@ -173,7 +173,8 @@ pub(super) trait Dialect: Database {
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
-/// The shared SQL on backend `DB`: `Sql::status(&pool)` and so on.
+/// The shared SQL on backend `DB`: `Sql::status(&pool)` and so on. The bounds say, once,
+/// which types `DB` must bind and read; both backends meet them.
 pub(super) struct Sql<DB>(PhantomData<DB>);
 
 impl<DB> Sql<DB>

@@ -200,7 +200,7 @@ fn write_each(
             tracing::error!("a SQLite commit did not complete at once");
             continue;
         };
-        if !committed.wrote() {
+        if !committed.committed_any() {
             committed.answer();
             continue;
         }
