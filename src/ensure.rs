@@ -244,7 +244,8 @@ impl Ensurer {
         if let Effect::Error(reason) = &effect {
             return Err(StripeApiError::InvalidResponse(reason.clone()).into());
         }
-        let outcome = store.append(&event, &effect, Source::Api).await?;
+        let mut outcomes = store.append(vec![(event, effect)], Source::Api).await?;
+        let outcome = outcomes.pop().ok_or(StoreError::BatchFailed)?;
         match self.existing(store, request, livemode).await? {
             Some(customer) => Ok(Ensured {
                 created: matches!(outcome, AppendOutcome::Stored { .. })

@@ -99,13 +99,12 @@ async fn append(
     if batch.is_empty() {
         return Ok(());
     }
-    for outcome in store.append_many(batch, Source::Import).await? {
+    for outcome in store.append(std::mem::take(batch), Source::Import).await? {
         match outcome {
             AppendOutcome::Stored { .. } => counts.appended += 1,
             AppendOutcome::Duplicate => counts.duplicate += 1,
         }
     }
-    batch.clear();
     Ok(())
 }
 

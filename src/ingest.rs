@@ -5,9 +5,8 @@
 use serde::Serialize;
 
 use crate::config::WebhookConfig;
-use crate::group_commit::GroupCommitter;
 use crate::projection;
-use crate::store::{AppendOutcome, Source, StoreError};
+use crate::store::{AppendOutcome, Source, Store, StoreError};
 use crate::stripe::event::{self, Delivery, PayloadError};
 use crate::stripe::signature::{SignatureError, SignatureHeader};
 
@@ -51,7 +50,7 @@ pub enum Rejected {
 /// HTTP request span declares `event_id`, `event_type` and `account`), so every line
 /// logged for this delivery names the event. Never the body: it holds emails.
 pub async fn deliver(
-    committer: &GroupCommitter,
+    store: &Store,
     config: &WebhookConfig,
     signature: &SignatureHeader<'_>,
     body: &[u8],
@@ -74,7 +73,12 @@ pub async fn deliver(
     span.record("account", event.account.as_str());
     let effect = projection::effect_of(&event);
     let event_id = event.id.to_string();
-    match committer.append(event, effect, Source::Webhook).await? {
+    let outcome = store
+        .append(vec![(event, effect)], Source::Webhook)
+        .await?
+        .pop();
+    // The store answers every event it is given: one here.
+    match outcome.ok_or(StoreError::BatchFailed)? {
         AppendOutcome::Stored {
             projection_error, ..
         } => {

@@ -10,7 +10,6 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod ensure;
-pub mod group_commit;
 pub mod http;
 pub mod import;
 pub mod ingest;

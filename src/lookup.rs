@@ -3,14 +3,8 @@
 
 use crate::domain::{AccountId, EmailKey};
 
-/// A valid lookup. Build it with [`LookupRequest::parse`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LookupRequest {
-    pub account: AccountId,
-    pub email: EmailKey,
-    /// `None`: either mode, as long as only one has a customer.
-    pub livemode: Option<bool>,
-}
+/// The store's question; build it from untrusted input with [`LookupRequest::parse`].
+pub use crate::store::LookupRequest;
 
 /// Why a lookup cannot be asked; the message is safe to show the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -3,11 +3,11 @@
 //! Each query costs a round trip and a wake-up of another thread (a PostgreSQL backend,
 //! or the thread that runs a SQLite connection), whatever it asks, and that, not the
 //! index search, is most of what a lookup spends. Lookups therefore queue here and a
-//! reader task asks for everything queued (up to a bound) in one statement, like
-//! `group_commit` does for writes. Nobody waits for a batch to fill: a lone lookup is
-//! sent at once, and batches grow only while queries are in flight. A lookup joins only a
-//! query that has not been sent yet, so it still sees every write that committed before
-//! it arrived.
+//! reader task asks for everything queued (up to a bound) in one statement, like the
+//! store's group commit does for writes. Nobody waits for a batch to fill: a lone lookup
+//! is sent at once, and batches grow only while queries are in flight. A lookup joins
+//! only a query that has not been sent yet, so it still sees every write that committed
+//! before it arrived.
 
 use tokio::sync::{mpsc, oneshot};
 

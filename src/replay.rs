@@ -79,7 +79,10 @@ pub async fn rebuild(
         reproject_stale(store, &rebuild).await?;
     }
     progress.advance(events);
-    let differences = store.finish_rebuild(rebuild, &project).await?;
+    let finishing = store.finish_rebuild(rebuild).await?;
+    let rows =
+        projection::newest_per_customer(finishing.arrived().iter().filter_map(project).collect());
+    let differences = finishing.complete(&rows).await?;
     progress.finish();
     Ok(ReplayReport {
         events,

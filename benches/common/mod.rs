@@ -177,10 +177,7 @@ pub async fn fill_range(store: &Store, range: std::ops::Range<usize>, accounts: 
                 })
                 .collect();
             async move {
-                store
-                    .append_many(&batch, Source::Import)
-                    .await
-                    .expect("fill");
+                store.append(batch, Source::Import).await.expect("fill");
             }
         })
         .await;

@@ -18,7 +18,6 @@ use actix_web::{web, App, HttpServer};
 
 use crate::config::{AppSettings, WebhookConfig};
 use crate::ensure::Ensurer;
-use crate::group_commit::GroupCommitter;
 use crate::lookup_batch::LookupBatcher;
 use crate::secret::Secret;
 use crate::store::Store;
@@ -31,8 +30,6 @@ pub use error::ApiError;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub store: Store,
-    /// Webhook appends go through here and share transactions (see `group_commit`).
-    pub committer: GroupCommitter,
     /// Checkout lookups go through here and share queries (see `lookup_batch`).
     pub lookups: LookupBatcher,
     pub webhook: WebhookConfig,
@@ -64,7 +61,6 @@ impl AppState {
     pub fn new(settings: AppSettings, store: Store) -> Self {
         let platform = settings.webhook.platform_account.clone();
         Self {
-            committer: GroupCommitter::start(&store),
             lookups: LookupBatcher::start(&store),
             store,
             webhook: settings.webhook,

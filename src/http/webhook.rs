@@ -43,8 +43,7 @@ async fn accept(
     let _reserved = state.body_budget.reserve(declared.unwrap_or(limit))?;
     let body = read_limited(payload, declared, limit).await?;
     let now = chrono::Utc::now().timestamp();
-    let accepted =
-        ingest::deliver(&state.committer, &state.webhook, &signature, &body, now).await?;
+    let accepted = ingest::deliver(&state.store, &state.webhook, &signature, &body, now).await?;
     Ok(accepted)
 }
 

@@ -27,19 +27,13 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
 
+use super::sql::{Dialect, Sql};
 use super::{in_key_order, AppendOutcome, Customer, Source, StoreError};
 use crate::projection::canonical::{self, CANDIDATE_SQL, CANONICAL_ORDER_SQL};
 use crate::projection::order::NEWEST_SQL;
 use crate::projection::types::PROJECTED_TYPES_SQL;
 use crate::projection::Effect;
 use crate::stripe::event::CustomerEvent;
-
-type Db = Sqlite;
-
-pub(super) mod queries {
-    use super::Db;
-    include!("queries.rs");
-}
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -109,8 +103,7 @@ impl SqliteStore {
         })
     }
 
-    /// Appends and projects `events` in one transaction (shared with whatever else is
-    /// appended meanwhile); returns once it is durable.
+    /// Appends through the writer thread's group commit (see `writer.rs`).
     pub(super) async fn append(
         &self,
         events: Vec<(CustomerEvent, Effect)>,
@@ -123,7 +116,7 @@ impl SqliteStore {
     /// `writer::flush_each`): readiness.
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
         self.appender.check()?;
-        queries::ping(&self.reader).await?;
+        Sql::ping(&self.reader).await?;
         Ok(())
     }
 
@@ -287,10 +280,23 @@ async fn create_aside(pool: &SqlitePool, aside: &str) -> Result<(), sqlx::Error>
         .map(drop)
 }
 
-/// A write transaction that holds SQLite's write lock from its first statement, so no
-/// other writer (another process's `serve`) can append until it ends.
-async fn begin_locked(
-    pool: &SqlitePool,
-) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
-    pool.begin_with("BEGIN IMMEDIATE").await
+impl Dialect for Sqlite {
+    /// A write transaction that holds SQLite's write lock from its first statement, so no
+    /// other writer (another process's `serve`) can append until it ends.
+    async fn begin_locked(
+        pool: &SqlitePool,
+    ) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
+        pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    fn rows_affected(done: &sqlx::sqlite::SqliteQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    async fn execute_built(
+        connection: &mut sqlx::SqliteConnection,
+        mut query: sqlx::QueryBuilder<'_, Sqlite>,
+    ) -> Result<(), sqlx::Error> {
+        query.build().execute(connection).await.map(drop)
+    }
 }

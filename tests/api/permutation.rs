@@ -336,8 +336,9 @@ pub(crate) async fn deliver(
         let event = parse(&case.history[index], index, prefix, &platform)?;
         let effect = projection::effect_of(&event);
         let outcome = store
-            .append(&event, &effect, Source::Webhook)
+            .append(vec![(event.clone(), effect)], Source::Webhook)
             .await
+            .map(|outcomes| outcomes[0].clone())
             .map_err(|e| TestCaseError::fail(format!("append {}: {e}", event.id)))?;
         if appended.insert(index) {
             prop_assert!(

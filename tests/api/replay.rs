@@ -114,7 +114,7 @@ async fn populate(store: &Store, n: usize) {
         })
         .collect();
     for chunk in events.chunks(500) {
-        store.append_many(chunk, Source::Webhook).await.unwrap();
+        store.append(chunk.to_vec(), Source::Webhook).await.unwrap();
     }
 }
 

@@ -196,7 +196,7 @@ async fn rule_3_case(
         logged.insert(event.id.to_string(), (deleted, event.event_type.projects()));
         // One event per transaction: the upsert's guard alone decides each row.
         store
-            .append(event, &effect, Source::Import)
+            .append(vec![(event.clone(), effect)], Source::Import)
             .await
             .map_err(|e| TestCaseError::fail(format!("append {}: {e}", event.id)))?;
     }

@@ -454,7 +454,10 @@ async fn an_event_the_database_refuses_fails_alone_and_leaves_no_transaction_ope
     };
     let effect = projection::effect_of(&event);
     // Behind a transaction left open, SQLite would give up after its 5 s busy timeout.
-    let appended = other_process.append(&event, &effect, Source::Import).await;
+    let appended = other_process
+        .append(vec![(event, effect)], Source::Import)
+        .await
+        .map(|outcomes| outcomes[0].clone());
     assert!(
         matches!(appended, Ok(AppendOutcome::Stored { .. })),
         "another writer gets in: {appended:?}"

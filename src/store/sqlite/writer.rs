@@ -2,11 +2,11 @@
 //! connection of its own.
 //!
 //! SQLite takes one writer at a time, so every append of the process goes to one writer
-//! thread, which takes everything queued and writes it in one transaction: the group
-//! commit of this backend. It then hands the batch to the flusher thread, which makes it
-//! durable (see `sqlite.rs` on `synchronous=NORMAL`) and only then answers each caller,
-//! while the writer writes the next batch; one flush covers every batch committed before
-//! it. After each flush the checkpointer copies the log into the database file, beside
+//! thread, which drains the group-commit queue: each batch is committed by the shared
+//! policy (see `store/group_commit.rs`) with this backend's statements. It then hands
+//! the batch to the flusher thread, which makes it durable (see `sqlite.rs` on
+//! `synchronous=NORMAL`) and only then answers each caller, while the writer writes the
+//! next batch; one flush covers every batch committed before it. After each flush the checkpointer copies the log into the database file, beside
 //! the writer, so the writer seldom has to.
 //!
 //! Why threads and not sqlx: sqlx runs each SQLite connection on a thread of its own too,
@@ -18,38 +18,25 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
 
+use futures_util::FutureExt;
 use rusqlite::{Connection, TransactionBehavior};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use super::queries::{
-    statement_chunks, INSERT_EVENTS_HEAD, UPSERT_CUSTOMERS_HEAD, UPSERT_CUSTOMERS_TAIL,
-};
 use super::{open_connection, spawn_thread};
 use crate::projection::{Effect, PROJECTION_VERSION};
-use crate::store::{record_appends, AppendOutcome, AppendPlan, EventRow, Source, StoreError};
+use crate::store::append::{AppendPlan, EventRow};
+use crate::store::group_commit::{self, Committed, Committer, Job, MAX_JOBS};
+use crate::store::sql::{
+    statement_chunks, INSERT_EVENTS_HEAD, UPSERT_CUSTOMERS_HEAD, UPSERT_CUSTOMERS_TAIL,
+};
+use crate::store::{AppendOutcome, Source, StoreError};
 use crate::stripe::event::CustomerEvent;
-
-/// Appends that may wait for the writer; beyond this, callers wait to enqueue.
-const QUEUE: usize = 8_192;
-/// Appends (each one event from a webhook, or an import's batch) per transaction at most:
-/// bounds a transaction's length and how long it holds the write lock.
-const MAX_JOBS: usize = 512;
-
-type Reply = oneshot::Sender<Result<Vec<AppendOutcome>, StoreError>>;
-
-/// One caller's events, appended in one transaction with whatever else is queued.
-struct Job {
-    events: Vec<(CustomerEvent, Effect)>,
-    source: Source,
-    reply: Reply,
-}
 
 /// The handle appends go through; the threads stop when every handle is gone.
 #[derive(Debug, Clone)]
 pub(in crate::store) struct Appender {
-    jobs: mpsc::Sender<Job>,
+    committer: Committer,
     /// Why the disk failed, once it has (see [`flush_each`]).
     disk_failure: Arc<DiskFailure>,
 }
@@ -90,7 +77,7 @@ impl Appender {
         let wal = wal_path(path);
         let (checkpoints, due) = std_mpsc::sync_channel(1);
         let (flushes, committed) = std_mpsc::channel();
-        let (jobs, queue) = mpsc::channel(QUEUE);
+        let (committer, queue) = Committer::channel();
         let disk_failure = Arc::new(DiskFailure::new());
         let failure = disk_failure.clone();
         spawn_thread("sqlite-checkpoint", move || {
@@ -101,10 +88,17 @@ impl Appender {
             flush_each(&wal, committed, checkpoints, &failure)
         })?;
         let failure = disk_failure.clone();
+        let writer = Writer {
+            connection: writer,
+            failure: disk_failure.clone(),
+        };
         spawn_thread("sqlite-writer", move || {
             write_each(writer, queue, flushes, &failure)
         })?;
-        Ok(Self { jobs, disk_failure })
+        Ok(Self {
+            committer,
+            disk_failure,
+        })
     }
 
     /// Fails once the disk has failed: appends are refused from then on, and readiness
@@ -124,12 +118,7 @@ impl Appender {
         source: Source,
     ) -> Result<Vec<AppendOutcome>, StoreError> {
         self.check()?;
-        let make = |reply| Job {
-            events,
-            source,
-            reply,
-        };
-        crate::batch_queue::ask(&self.jobs, make, || StoreError::WriterStopped).await
+        self.committer.append(events, source).await
     }
 }
 
@@ -151,95 +140,75 @@ fn wal_path(database: &Path) -> PathBuf {
     wal.into()
 }
 
-/// A committed transaction whose callers wait for it to be durable.
-struct Committed {
-    jobs: Vec<Job>,
-    /// Each job's outcomes, or why its transaction failed.
-    results: Vec<Result<Vec<AppendOutcome>, StoreError>>,
-    started: Instant,
+/// Group commit's statements on SQLite, on the writer thread's connection.
+struct Writer {
+    connection: Connection,
+    failure: Arc<DiskFailure>,
 }
 
-/// The writer thread: each turn takes every job queued (up to [`MAX_JOBS`]) and writes
-/// them in one transaction. Should the database refuse it, the jobs are written one by
-/// one, so one bad event cannot fail its neighbours. An I/O error is the disk failing:
-/// final (see [`flush_each`]), and jobs queued after it are refused unwritten.
+impl group_commit::Backend for Writer {
+    /// Each row is bound with its own source.
+    const MIXES_SOURCES: bool = true;
+
+    /// Synchronous: the future is ready when returned. An I/O error is the disk failing,
+    /// which is final (see [`flush_each`]).
+    fn write(
+        &mut self,
+        jobs: &[Job],
+    ) -> impl std::future::Future<Output = Result<Vec<AppendOutcome>, StoreError>> + Send {
+        let written = write(&mut self.connection, jobs).inspect_err(|error| {
+            if io_failure(error) {
+                disk_failed(&self.failure, "writing to the database", error);
+            }
+        });
+        std::future::ready(written.map_err(StoreError::from))
+    }
+
+    /// An I/O error or a busy database fails everyone alike.
+    fn refused(error: &StoreError) -> bool {
+        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked, DiskFull, SystemIoFailure};
+        match error {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => !matches!(
+                failure.code,
+                DatabaseBusy | DatabaseLocked | DiskFull | SystemIoFailure
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// The writer thread: each turn takes every job queued (up to [`MAX_JOBS`]) and commits
+/// them through group commit, then hands what it wrote to the flusher, which answers the
+/// callers once it is durable. Once the disk has failed (see [`flush_each`]), jobs are
+/// refused unwritten.
 fn write_each(
-    mut connection: Connection,
+    mut writer: Writer,
     mut queue: mpsc::Receiver<Job>,
     flushes: std_mpsc::Sender<Committed>,
     failure: &DiskFailure,
 ) {
     let mut jobs = Vec::with_capacity(MAX_JOBS);
     while queue.blocking_recv_many(&mut jobs, MAX_JOBS) > 0 {
-        let started = Instant::now();
         let batch = std::mem::replace(&mut jobs, Vec::with_capacity(MAX_JOBS));
         if let Some(failure) = failure.get() {
-            fail_all(batch, StoreError::DiskFailed(failure.clone()));
+            group_commit::fail_all(batch, StoreError::DiskFailed(failure.clone()));
             continue;
         }
-        let mut write_batch = |jobs: &[Job]| {
-            write(&mut connection, jobs).inspect_err(|error| {
-                if io_failure(error) {
-                    disk_failed(failure, "writing to the database", error);
-                }
-            })
+        // The writer's `write` never waits, so neither does the commit: it is done at its
+        // first poll. Were it not, dropping it would answer its callers `WriterStopped`.
+        let Some(committed) = group_commit::commit(&mut writer, batch).now_or_never() else {
+            tracing::error!("a SQLite commit did not complete at once");
+            continue;
         };
-        let events: usize = batch.iter().map(|job| job.events.len()).sum();
-        crate::metrics::batch_committed(events);
-        let results = match write_batch(&batch) {
-            Ok(outcomes) => split(outcomes, &batch),
-            Err(error) if batch.len() > 1 && refused(&error) => {
-                tracing::warn!(%error, jobs = batch.len(), "batch failed; writing its appends one by one");
-                let one_by_one = batch
-                    .iter()
-                    .map(|job| write_batch(std::slice::from_ref(job)).map_err(StoreError::from));
-                one_by_one.collect()
-            }
-            Err(error) => {
-                let error = StoreError::from(error);
-                fail_all(batch, error);
-                continue;
-            }
-        };
-        let committed = Committed {
-            jobs: batch,
-            results,
-            started,
-        };
+        if !committed.committed_any() {
+            committed.answer();
+            continue;
+        }
         if let Err(std_mpsc::SendError(committed)) = flushes.send(committed) {
-            fail_all(committed.jobs, StoreError::WriterStopped);
+            let jobs = committed.jobs;
+            group_commit::fail_all(jobs, StoreError::WriterStopped);
         }
     }
-}
-
-/// Only a statement the database refused can be one event's fault; an I/O error or a
-/// busy database fails everyone alike, at once.
-fn refused(error: &rusqlite::Error) -> bool {
-    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked, DiskFull, SystemIoFailure};
-    match error {
-        rusqlite::Error::SqliteFailure(failure, _) => !matches!(
-            failure.code,
-            DatabaseBusy | DatabaseLocked | DiskFull | SystemIoFailure
-        ),
-        _ => false,
-    }
-}
-
-/// Hands each job its share of the batch's outcomes (they are in job order).
-fn split(
-    outcomes: Vec<AppendOutcome>,
-    jobs: &[Job],
-) -> Vec<Result<Vec<AppendOutcome>, StoreError>> {
-    let mut outcomes = outcomes.into_iter();
-    jobs.iter()
-        .map(|job| Ok(outcomes.by_ref().take(job.events.len()).collect()))
-        .collect()
-}
-
-/// Answers every job of a transaction that failed: the first caller gets the cause, the
-/// others [`StoreError::BatchFailed`] (a `StoreError` cannot be cloned).
-fn fail_all(jobs: Vec<Job>, error: StoreError) {
-    crate::batch_queue::fail_all(jobs.into_iter().map(|job| job.reply), error);
 }
 
 /// Appends every job's events and projects them, in one transaction; outcomes in order,
@@ -358,10 +327,10 @@ fn flush_each(
                 .map_err(|error| disk_failed(failure, "flushing the write-ahead log", &error)),
         };
         match flushed {
-            Ok(()) => due.into_iter().for_each(answer),
+            Ok(()) => due.into_iter().for_each(Committed::answer),
             Err(failure) => {
-                for job in due.into_iter().flat_map(|batch| batch.jobs) {
-                    let _ = job.reply.send(Err(StoreError::DiskFailed(failure.clone())));
+                for batch in due {
+                    batch.fail_each(|| StoreError::DiskFailed(failure.clone()));
                 }
             }
         }
@@ -378,17 +347,6 @@ fn flush(wal: &Path) -> std::io::Result<()> {
         Ok(log) => log.sync_data(),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(error) => Err(error),
-    }
-}
-
-/// A durable batch: count it and answer each caller (one that went away needs no answer).
-fn answer(batch: Committed) {
-    for (job, result) in batch.jobs.into_iter().zip(batch.results) {
-        if let Ok(outcomes) = &result {
-            let events = job.events.iter().map(|(event, _)| event);
-            record_appends(events, job.source, batch.started, outcomes);
-        }
-        let _ = job.reply.send(result);
     }
 }
 
@@ -453,29 +411,19 @@ mod tests {
     }
 
     fn job(events: Vec<(CustomerEvent, Effect)>, source: Source) -> Job {
-        let (reply, _) = oneshot::channel();
-        Job {
-            events,
-            source,
-            reply,
-        }
+        Job::new(events, source).0
     }
 
     /// A batch committed and waiting for its flush, and the receiver of its answer.
     fn committed() -> (
         Committed,
-        oneshot::Receiver<Result<Vec<AppendOutcome>, StoreError>>,
+        tokio::sync::oneshot::Receiver<Result<Vec<AppendOutcome>, StoreError>>,
     ) {
-        let (reply, answer) = oneshot::channel();
-        let job = Job {
-            events: Vec::new(),
-            source: Source::Webhook,
-            reply,
-        };
+        let (job, answer) = Job::new(Vec::new(), Source::Webhook);
         let batch = Committed {
             jobs: vec![job],
             results: vec![Ok(Vec::new())],
-            started: Instant::now(),
+            started: std::time::Instant::now(),
         };
         (batch, answer)
     }
@@ -615,7 +563,7 @@ mod tests {
         let mut failed = None;
         for n in 0..1_000 {
             let (event, effect) = padded_event(&format!("evt_{n}"), &format!("cus_{n}"));
-            if let Err(error) = store.append(&event, &effect, Source::Webhook).await {
+            if let Err(error) = store.append(vec![(event, effect)], Source::Webhook).await {
                 failed = Some(error);
                 break;
             }
@@ -623,7 +571,7 @@ mod tests {
         assert!(failed.is_some(), "the disk never failed");
 
         let (event, effect) = event("evt_after", "cus_after");
-        let appended = store.append(&event, &effect, Source::Webhook).await;
+        let appended = store.append(vec![(event, effect)], Source::Webhook).await;
         let ready = store.ping().await;
 
         assert_flush_failed(&appended);
@@ -638,6 +586,57 @@ mod tests {
             .unwrap();
         assert_eq!(written, 0);
         drop(store);
+    }
+
+    /// When the database refuses a batch's statement, the batch is written again job by
+    /// job: the job it refuses fails alone, and the others are stored.
+    #[tokio::test]
+    async fn a_refused_job_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("writer.db");
+        let url = DatabaseUrl::parse(&format!("sqlite:{}", path.display())).unwrap();
+        Store::connect(&url).await.unwrap().migrate().await.unwrap();
+        let connection = open_connection(&path, WRITER_SETTINGS).unwrap();
+        connection
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.event_id = 'evt_bad'
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+            )
+            .unwrap();
+        let mut writer = Writer {
+            connection,
+            failure: Arc::new(DiskFailure::new()),
+        };
+        let jobs = vec![
+            job(vec![event("evt_good", "cus_good")], Source::Webhook),
+            job(vec![event("evt_bad", "cus_bad")], Source::Webhook),
+            job(vec![event("evt_also", "cus_also")], Source::Import),
+        ];
+
+        let committed = group_commit::commit(&mut writer, jobs)
+            .now_or_never()
+            .unwrap();
+
+        let stored: Vec<bool> = committed
+            .results
+            .iter()
+            .map(|result| matches!(result.as_deref(), Ok([AppendOutcome::Stored { .. }])))
+            .collect();
+        assert_eq!(stored, [true, false, true]);
+        assert!(
+            matches!(committed.results[1], Err(StoreError::Sqlite(_))),
+            "{:?}",
+            committed.results[1]
+        );
+        let logged: Vec<String> = writer
+            .connection
+            .prepare("SELECT event_id FROM events ORDER BY event_id")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(logged, ["evt_also", "evt_good"]);
     }
 
     /// Several callers' appends in one transaction: each row keeps its own caller's
