@@ -31,6 +31,8 @@ use crate::projection::{self, Effect};
 use crate::store::{AppendOutcome, Customer, Lookup, Source, Store, StoreError};
 use crate::stripe::api::{CreatedCustomer, NewCustomer, StripeApi, StripeApiError};
 use crate::stripe::event::{self, CustomerEvent, Delivery};
+use crate::stripe::reads::{ListOf, Listed};
+use crate::sync::record::Snapshot;
 
 /// A valid ensure. Build it with [`EnsureRequest::parse`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +108,10 @@ pub enum EnsureError {
     /// under this email: deleted or moved to another email since it was created.
     #[error("Stripe returned {customer_id} for this key, but it has since been deleted or changed its email; Stripe forgets the idempotency key 24 hours after the first call")]
     Superseded { customer_id: String },
+    /// Asking Stripe for an existing customer before creating one failed (before a backfill
+    /// of the account completed): nothing was created.
+    #[error("cannot ask Stripe whether this customer exists; nothing was created, retry later")]
+    PreCheckFailed,
     /// Stripe refused our key as used by another caller, and that caller's customer did
     /// not reach the read model in time.
     #[error("another request is creating this customer and it is not recorded yet; retry shortly")]
@@ -216,6 +222,14 @@ impl Ensurer {
         request: &EnsureRequest,
         livemode: bool,
     ) -> Result<Ensured, EnsureError> {
+        if !store.backfill_completed(&request.account, livemode).await? {
+            if let Some(found) = self
+                .found_on_stripe(stripe, store, request, livemode)
+                .await?
+            {
+                return Ok(found);
+            }
+        }
         let idempotency_key = idempotency_key(&request.account, livemode, &request.email_key);
         let on_platform = request.account == self.platform;
         let created = match stripe
@@ -254,6 +268,85 @@ impl Ensurer {
             }),
             None => Err(EnsureError::Superseded { customer_id }),
         }
+    }
+
+    /// Before a backfill of `(account, livemode)` has completed, the read model may lack a
+    /// customer Stripe has: ask Stripe (the search, which ignores case but lags writes, and
+    /// the list's exact filter on the email as given), record every live customer found
+    /// with this email key as a snapshot, and answer with checkout's choice among them
+    /// (rule 5). `None`: Stripe has none, create one. A failure of these calls is never a
+    /// creation.
+    async fn found_on_stripe(
+        &self,
+        stripe: &StripeApi,
+        store: &Store,
+        request: &EnsureRequest,
+        livemode: bool,
+    ) -> Result<Option<Ensured>, EnsureError> {
+        let on = (request.account != self.platform).then_some(&request.account);
+        let read_at = chrono::Utc::now().timestamp();
+        let unavailable = |error: StripeApiError| {
+            tracing::warn!(account = %request.account, livemode, error = %error, "cannot ask Stripe for an existing customer");
+            EnsureError::PreCheckFailed
+        };
+        let searched = stripe
+            .search_customers_by_email(on, request.email_key.as_str())
+            .await
+            .map_err(unavailable)?;
+        let listed = stripe
+            .list_page(
+                ListOf::Customers {
+                    email: Some(&request.email),
+                },
+                on,
+                None,
+            )
+            .await
+            .map_err(unavailable)?;
+        let mut found: Vec<Listed> = Vec::new();
+        for customer in searched.into_iter().chain(listed.objects) {
+            if !found.iter().any(|seen| seen.id == customer.id) {
+                found.push(customer);
+            }
+        }
+        let mut events = Vec::new();
+        for customer in &found {
+            let event = Snapshot {
+                account: &request.account,
+                platform: &self.platform,
+                livemode,
+                created: read_at - 1,
+                customer_id: &customer.id,
+                object: &customer.raw,
+                reading: "ensure",
+                source: Source::Api.as_str(),
+            }
+            .event()
+            .map_err(|e| StripeApiError::InvalidResponse(e.to_string()))?;
+            // Only customers with this email key: the search's notion of a match is
+            // Stripe's, ours is rule 4's.
+            let effect = projection::effect_of(&event);
+            if let Effect::Snapshot(snapshot) = &effect {
+                if snapshot.email_key.as_ref() == Some(&request.email_key) {
+                    events.push((event, effect));
+                }
+            }
+        }
+        if events.is_empty() {
+            return Ok(None);
+        }
+        store.append(events, Source::Api).await?;
+        let customer = self.existing(store, request, livemode).await?;
+        if let Some(customer) = &customer {
+            tracing::info!(
+                account = %request.account, livemode, customer_id = customer.customer_id,
+                "existing Stripe customer recorded instead of creating one"
+            );
+        }
+        Ok(customer.map(|customer| Ensured {
+            customer,
+            created: false,
+        }))
     }
 
     /// Stripe refused our key as used by another request: another caller (another process:

@@ -11,6 +11,7 @@ mod send;
 mod serve;
 mod settings;
 mod status;
+mod sync;
 
 use std::process::ExitCode;
 
@@ -74,6 +75,12 @@ enum Command {
     /// Sign event files like Stripe does (with the first of STRIPE_WEBHOOK_SECRET) and
     /// POST them to a running server.
     Send(send::SendArgs),
+    /// Record every live customer Stripe has on these accounts, as snapshots; resumable.
+    /// Exit 0 all accounts done, 1 some failed or were stopped, 2 usage.
+    Backfill(sync::BackfillArgs),
+    /// Handle the customer.* events Stripe still keeps (30 days) for these accounts as
+    /// deliveries. Exit 0 all accounts done, 1 some failed or were stopped, 2 usage.
+    CatchUp(sync::CatchUpArgs),
 }
 
 pub async fn run(cli: Cli) -> ExitCode {
@@ -88,6 +95,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Import(args) => import::run(database, args).await,
         Command::Prune(args) => prune::run(database, args).await,
         Command::Send(args) => send::run(args).await,
+        Command::Backfill(args) => sync::backfill(database, args).await,
+        Command::CatchUp(args) => sync::catch_up(database, args).await,
     };
     result.unwrap_or_else(Failure::report)
 }

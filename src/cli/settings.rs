@@ -235,6 +235,62 @@ impl StripeArgs {
     }
 }
 
+/// How `backfill` and `catch-up` reach Stripe's API. The key is read from the
+/// environment only (STRIPE_SECRET_KEY), and is required.
+#[derive(Debug, Args)]
+pub struct SyncStripeArgs {
+    /// Stripe API base URL.
+    #[arg(long, env = "STRIPE_API_BASE", default_value = api::DEFAULT_API_BASE)]
+    stripe_api_base: String,
+
+    /// Seconds one Stripe request may take before it is retried.
+    #[arg(long, env = "STRIPE_API_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    stripe_timeout_secs: u64,
+
+    /// Requests started to Stripe in any one second, at most, in total (retries included).
+    /// Stripe allows 25 per second in test mode and 100 in live mode.
+    #[arg(long, env = "STRIPE_API_RATE", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub rate: u32,
+
+    /// Accounts worked on at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
+}
+
+impl SyncStripeArgs {
+    /// The Stripe client for a batch job: patient with 429s and failures (8 attempts,
+    /// backoff from 500 ms), waiting as long as it takes for its turn within the rate.
+    pub fn client(&self) -> Result<StripeApi, Failure> {
+        let usage = |e: api::InvalidStripeSetting| Failure::Usage(e.to_string());
+        let api_base = api::parse_api_base(&self.stripe_api_base).map_err(usage)?;
+        let Some(secret_key) = env_var("STRIPE_SECRET_KEY")?.map(Secret::new) else {
+            return Err(Failure::Usage(
+                "STRIPE_SECRET_KEY is not set: reading Stripe's API needs the platform's secret or restricted key".into(),
+            ));
+        };
+        let retry = RetryPolicy {
+            attempts: 8,
+            backoff: Duration::from_millis(500),
+            timeout: Duration::from_secs(self.stripe_timeout_secs),
+            give_up_on_429_at_our_rate: false,
+        };
+        let limits = Limits {
+            concurrency: self.concurrency,
+            rate: self.rate,
+            max_wait: Duration::from_secs(24 * 3_600),
+        };
+        StripeApi::new(StripeApiConfig {
+            secret_key,
+            api_base,
+            retry,
+            limits,
+        })
+        .map_err(usage)
+    }
+}
+
 /// STRIPE_WEBHOOK_SECRET: the endpoint's secrets, at least one; `missing` words the error
 /// when there is none.
 pub fn webhook_secrets(

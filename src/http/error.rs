@@ -101,7 +101,7 @@ impl ApiError {
                 EnsureError::Stripe(_) => "stripe_error",
                 EnsureError::Store(_) => "store_unavailable",
                 EnsureError::Superseded { .. } => "customer_superseded",
-                EnsureError::CreatedElsewhere => "stripe_unavailable",
+                EnsureError::CreatedElsewhere | EnsureError::PreCheckFailed => "stripe_unavailable",
             },
         }
     }
@@ -129,9 +129,10 @@ impl ResponseError for ApiError {
                 EnsureError::Invalid(_) | EnsureError::LivemodeMismatch { .. } => {
                     StatusCode::BAD_REQUEST
                 }
-                EnsureError::Disabled | EnsureError::Store(_) | EnsureError::CreatedElsewhere => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                EnsureError::Disabled
+                | EnsureError::Store(_)
+                | EnsureError::CreatedElsewhere
+                | EnsureError::PreCheckFailed => StatusCode::SERVICE_UNAVAILABLE,
                 EnsureError::Stripe(e) if stripe_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
                 EnsureError::Stripe(_) => StatusCode::BAD_GATEWAY,
                 EnsureError::Superseded { .. } => StatusCode::CONFLICT,

@@ -9,6 +9,7 @@
 //! `postgres`. Nothing here knows HTTP or the callers' types.
 
 mod append;
+mod backfill;
 mod group_commit;
 mod lookup;
 mod model;
@@ -21,6 +22,7 @@ use lookup::{in_key_order, NumberedCustomer};
 use model::connect_cause;
 use sql::Sql;
 
+pub use backfill::BackfillPass;
 pub use model::{
     AppendOutcome, Customer, CustomerCounts, DatabaseUrl, Difference, InvalidDatabaseUrl,
     LogRecord, LogSummary, LoggedEvent, Lookup, LookupRequest, ProjectedCustomer, RebuildKind,

@@ -130,6 +130,10 @@ sources! {
     Import => "import",
     /// Recorded from Stripe's answer to our own API call (checkout's get-or-create).
     Api => "api",
+    /// A Customer Stripe's API listed, recorded as a snapshot by `backfill`.
+    Backfill => "backfill",
+    /// An event Stripe's events API listed, handled by `catch-up` as its delivery.
+    EventsApi => "events_api",
 }
 
 /// The result of appending an event.

@@ -8,6 +8,8 @@
 //! tail of our key, so it is never kept. Its `type`, `code` and `param`, the status and
 //! the `Request-Id` are what callers and the log get.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -209,6 +211,14 @@ pub struct StripeApi {
     config: StripeApiConfig,
     livemode: bool,
     limiter: Limiter,
+    counts: Arc<RequestCounts>,
+}
+
+/// Requests sent by a client and its clones: what a command reports.
+#[derive(Debug, Default)]
+struct RequestCounts {
+    sent: AtomicU64,
+    retried: AtomicU64,
 }
 
 /// One attempt's failure: either final, or worth another try.
@@ -244,6 +254,7 @@ impl StripeApi {
             .map_err(|e| InvalidStripeSetting(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
             client,
+            counts: Arc::default(),
             limiter: Limiter::new(config.limits),
             config,
             livemode,
@@ -254,6 +265,16 @@ impl StripeApi {
     /// turns here too, so the process as a whole stays within them.
     pub fn limiter(&self) -> &Limiter {
         &self.limiter
+    }
+
+    /// Requests sent so far by this client and its clones, retries included.
+    pub fn requests_sent(&self) -> u64 {
+        self.counts.sent.load(Ordering::Relaxed)
+    }
+
+    /// Of those, the ones that repeated a request that had failed.
+    pub fn requests_retried(&self) -> u64 {
+        self.counts.retried.load(Ordering::Relaxed)
     }
 
     /// The mode every request with this key acts in.
@@ -310,6 +331,10 @@ impl StripeApi {
                 );
                 return Err(StripeApiError::LimitedLocally);
             };
+            self.counts.sent.fetch_add(1, Ordering::Relaxed);
+            if attempt > 1 {
+                self.counts.retried.fetch_add(1, Ordering::Relaxed);
+            }
             let outcome = tokio::time::timeout(
                 policy.timeout,
                 self.attempt(request, &parse, attempt, attempts),

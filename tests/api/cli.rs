@@ -182,7 +182,16 @@ async fn migrate_creates_the_schema_and_serve_stops_cleanly_on_sigterm(backend: 
     let migrated = run(&db.url, &["migrate"]);
     assert_eq!(migrated.status.code(), Some(0), "{}", stderr(&migrated));
     let tables = db.fetch_strings(tables_sql).await;
-    assert_eq!(tables, ["_sqlx_migrations", "customers", "events"]);
+    assert_eq!(
+        tables,
+        [
+            "_sqlx_migrations",
+            "backfill_passes",
+            "backfill_seen",
+            "customers",
+            "events"
+        ]
+    );
     let applied = db
         .fetch_strings("SELECT CAST(version AS TEXT) FROM _sqlx_migrations ORDER BY version")
         .await;

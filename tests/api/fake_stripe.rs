@@ -192,6 +192,13 @@ impl FakeStripe {
         self.state.scripted.lock().unwrap().extend(failures);
     }
 
+    /// The requests to create a customer (`POST /v1/customers`), in arrival order.
+    pub fn creations(&self) -> Vec<Recorded> {
+        let mut requests = self.requests();
+        requests.retain(|r| r.method == "POST" && r.path == "/v1/customers");
+        requests
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.requests.lock().unwrap().clone()
     }

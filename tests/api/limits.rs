@@ -92,7 +92,7 @@ async fn ensure_for_a_lookalike_address_creates_its_own_customer(backend: Backen
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_ne!(body["customer_id"], "cus_k", "{body}");
     assert_eq!(body["email"], KELVIN);
-    assert_eq!(fake.requests().len(), 1);
+    assert_eq!(fake.creations().len(), 1);
 }
 
 async fn an_overlong_or_unprintable_customer_is_stored_as_a_projection_error(backend: Backend) {
@@ -158,7 +158,7 @@ async fn ensure_refuses_values_stripe_would_not_keep_without_calling_stripe(back
         assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
         assert_eq!(answer["error"], "invalid_request");
     }
-    assert!(fake.requests().is_empty());
+    assert!(fake.creations().is_empty());
 }
 
 on_both_backends!(

@@ -43,7 +43,7 @@ async fn ensure_token_is_required_and_is_not_the_read_token(backend: Backend) {
             "{token:?}"
         );
     }
-    assert!(fake.requests().is_empty());
+    assert!(fake.creations().is_empty());
     let (status, created) = into_json(post(Some(ENSURE_TOKEN)).await).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
 
@@ -195,7 +195,7 @@ async fn serve_beyond_loopback_with_a_stripe_key_needs_an_ensure_token(backend: 
         .await
         .unwrap();
     assert_eq!(with.status(), StatusCode::CREATED);
-    assert_eq!(fake.requests().len(), 1);
+    assert_eq!(fake.creations().len(), 1);
 }
 
 /// The command: the same body on stdout; 2 for a person's mistake, 1 when Stripe fails,
@@ -245,8 +245,8 @@ async fn ensure_command_prints_the_body_and_exits_by_outcome(backend: Backend) {
     let again: Value = serde_json::from_slice(&second.stdout).unwrap();
     assert_eq!(again["created"], false);
     assert_eq!(again["customer_id"], printed["customer_id"]);
-    assert_eq!(fake.requests().len(), 1);
-    assert_eq!(fake.requests()[0].header("stripe-account"), Some(A));
+    assert_eq!(fake.creations().len(), 1);
+    assert_eq!(fake.creations()[0].header("stripe-account"), Some(A));
     assert_eq!(store.status().await.unwrap().customers, 1);
 
     let one_line = |output: &std::process::Output, code: i32| {

@@ -15,7 +15,7 @@ async fn ensure_creates_the_customer_on_the_organizers_account_with_stripes_head
     .await;
 
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let requests = fake.requests();
+    let requests = fake.creations();
     assert_eq!(requests.len(), 1);
     let sent = &requests[0];
     assert_eq!(
@@ -71,7 +71,7 @@ async fn platform_account_is_created_without_a_stripe_account_header(backend: Ba
     let (status, body) = ensure(&app, &json!({"account": PLATFORM, "email": ADA})).await;
 
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let requests = fake.requests();
+    let requests = fake.creations();
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].header("stripe-account"), None);
     assert!(requests[0].header("authorization").is_some());
@@ -242,7 +242,7 @@ async fn an_existing_customer_is_200_created_false_without_asking_stripe(backend
     assert_eq!(body["customer_id"], "cus_Q3IFa65giu0cDn");
     assert_eq!(body["created"], false);
     assert_eq!(body["last_event_id"], "evt_1Qo7ireY8Hq2yVrb8PNLnXTs");
-    assert!(fake.requests().is_empty());
+    assert!(fake.creations().is_empty());
 }
 
 async fn livemode_must_match_the_keys_mode_and_defaults_to_it(backend: Backend) {
@@ -268,7 +268,7 @@ async fn livemode_must_match_the_keys_mode_and_defaults_to_it(backend: Backend) 
         (status, body["error"].as_str()),
         (StatusCode::BAD_REQUEST, Some("livemode_mismatch"))
     );
-    assert!(fake.requests().is_empty());
+    assert!(fake.creations().is_empty());
 
     let (status, body) = ensure(&live, &json!({"account": A, "email": ADA})).await;
     assert_eq!(status, StatusCode::CREATED);
@@ -314,7 +314,7 @@ async fn invalid_bodies_are_400_invalid_request(backend: Backend) {
         assert_eq!(answer["error"], "invalid_request", "{body}");
         assert!(answer["message"].is_string(), "{body}");
     }
-    assert!(fake.requests().is_empty());
+    assert!(fake.creations().is_empty());
 }
 
 on_both_backends!(

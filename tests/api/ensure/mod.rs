@@ -33,12 +33,35 @@ const B: &str = "acct_1OrganizerBbbbbbb";
 
 const ADA: &str = "ada.lovelace@example.com";
 
+/// An app whose `ensure` creates through `fake`, on a database where a backfill of the
+/// suite's accounts has completed (see [`backfilled`]).
 async fn app_with(backend: Backend, fake: &FakeStripe, key: &str) -> TestApp {
     let config = AppConfig {
         stripe_api: Some(fake.config(key)),
         ..AppConfig::default()
     };
-    TestApp::spawn_with(backend, config).await
+    let app = TestApp::spawn_with(backend, config).await;
+    backfilled(&app.store).await;
+    app
+}
+
+/// Records a completed backfill pass of the suite's accounts in both modes: `ensure` then
+/// trusts the read model and asks Stripe nothing before creating, so these tests see the
+/// creation alone. What `ensure` asks before a backfill has tests of its own.
+async fn backfilled(store: &Store) {
+    for account in [A, B, PLATFORM] {
+        let account = AccountId::parse(account).unwrap();
+        for livemode in [false, true] {
+            let pass = store
+                .start_backfill_pass(&account, livemode, 0)
+                .await
+                .unwrap();
+            store
+                .complete_backfill_pass(&account, livemode, pass.pass, 0)
+                .await
+                .unwrap();
+        }
+    }
 }
 
 async fn ensure(app: &TestApp, body: &Value) -> (StatusCode, Value) {
@@ -79,7 +102,9 @@ async fn app_with_limits(backend: Backend, fake: &FakeStripe, limits: Limits) ->
         stripe_api: Some(stripe_api),
         ..AppConfig::default()
     };
-    TestApp::spawn_with(backend, config).await
+    let app = TestApp::spawn_with(backend, config).await;
+    backfilled(&app.store).await;
+    app
 }
 
 /// `serve` (the real binary) creating customers through `api_base`, its log in `log`.

@@ -67,7 +67,7 @@ async fn two_processes_racing_with_other_spellings_get_one_customer(backend: Bac
         let body = json!({"account": A, "email": "ada.lovelace@example.com", "name": "Ada"});
         let answer = tokio::spawn(async move { ensure_at(&client, &base, body.to_string()).await });
         // The first request, then the second process's three attempts, each refused.
-        wait_for(|| fake.requests().len() == 4).await;
+        wait_for(|| fake.creations().len() == 4).await;
         assert!(
             !answer.is_finished(),
             "the second caller waits for the record"
@@ -113,21 +113,21 @@ async fn a_key_reused_with_other_parameters_waits_for_the_customer(backend: Back
 
     let other_spelling = json!({"account": A, "email": ADA});
     let (waited, ()) = tokio::join!(ensure(&second, &other_spelling), async {
-        wait_for(|| fake.requests().len() == 2).await;
+        wait_for(|| fake.creations().len() == 2).await;
         let webhook = stripe_webhook_for(&customer, A, "evt_1StripesOwnCreated", 0);
         assert_eq!(second.deliver_json(&webhook).await.0, StatusCode::OK);
     });
     assert_eq!(waited.0, StatusCode::OK, "{}", waited.1);
     assert_eq!(waited.1["created"], false);
     assert_eq!(waited.1["customer_id"], created["customer_id"]);
-    assert_eq!(fake.requests().len(), 2, "a 400 is not retried");
+    assert_eq!(fake.creations().len(), 2, "a 400 is not retried");
 
     // A third process whose read model never hears of the customer.
     let third = app_with(backend, &fake, TEST_KEY).await;
     let (status, body) = ensure(&third, &other_spelling).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"], "stripe_unavailable");
-    assert_eq!(fake.requests().len(), 3);
+    assert_eq!(fake.creations().len(), 3);
     assert_eq!(fake.customers_created(), 1);
     assert_eq!(third.customer_id(A, ADA, false).await, None);
 }
@@ -157,7 +157,7 @@ async fn fifty_concurrent_ensures_make_one_stripe_request_and_get_one_id(backend
 
     let (answers, ()) = tokio::join!(futures_util::future::join_all(callers), release);
 
-    assert_eq!(fake.requests().len(), 1);
+    assert_eq!(fake.creations().len(), 1);
     let ids: Vec<&Value> = answers
         .iter()
         .map(|(_, body)| &body["customer_id"])
@@ -197,7 +197,7 @@ async fn a_customer_deleted_since_it_was_created_is_409_customer_superseded(back
         .as_str()
         .unwrap()
         .contains(created["customer_id"].as_str().unwrap()));
-    assert_eq!(fake.requests().len(), 2);
+    assert_eq!(fake.creations().len(), 2);
     assert_eq!(fake.customers_created(), 1, "no second customer");
     assert_eq!(app.customer_id(A, ADA, false).await, None);
 }

@@ -23,7 +23,7 @@ async fn stripe_4xx_is_502_with_stripes_error_and_never_the_key(backend: Backend
     );
     assert!(!body.to_string().contains(TEST_KEY), "{body}");
     assert!(!body.to_string().contains("Invalid email"), "{body}");
-    assert_eq!(fake.requests().len(), 1, "a 4xx is not retried");
+    assert_eq!(fake.creations().len(), 1, "a 4xx is not retried");
     assert_eq!(app.store.status().await.unwrap().events, 0);
 }
 
@@ -39,7 +39,7 @@ async fn stripe_5xx_is_retried_then_503_stripe_unavailable(backend: Backend) {
 
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"], "stripe_unavailable");
-    let requests = fake.requests();
+    let requests = fake.creations();
     assert_eq!(requests.len(), 3, "3 attempts");
     let key = key_of(A, false, ADA);
     assert!(requests
@@ -62,12 +62,13 @@ async fn stripe_timeouts_are_retried_then_503_stripe_unavailable(backend: Backen
         ..AppConfig::default()
     };
     let app = TestApp::spawn_with(backend, config).await;
+    backfilled(&app.store).await;
 
     let (status, body) = ensure(&app, &json!({"account": A, "email": ADA})).await;
 
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"], "stripe_unavailable");
-    assert_eq!(fake.requests().len(), 3, "3 attempts");
+    assert_eq!(fake.creations().len(), 3, "3 attempts");
 }
 
 async fn unreachable_stripe_is_503_stripe_unavailable(backend: Backend) {
@@ -125,7 +126,7 @@ async fn failures_then_success_are_retried_with_one_key_until_created(backend: B
 
         assert_eq!(status, StatusCode::CREATED, "case {n}: {body}");
         assert_eq!(body["created"], true);
-        let requests = fake.requests();
+        let requests = fake.creations();
         assert_eq!(requests.len(), attempts, "case {n}");
         let key = key_of(A, false, ADA);
         assert!(requests
@@ -150,7 +151,7 @@ async fn stripe_should_retry_overrides_the_status(backend: Backend) {
     let (status, body) = ensure(&app, &json!({"account": A, "email": ADA})).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"], "stripe_unavailable");
-    assert_eq!(fake.requests().len(), 1, "not retried");
+    assert_eq!(fake.creations().len(), 1, "not retried");
 
     fake.fail_next([
         Failure::new(400, "invalid_request_error", Some("processing_error"))
@@ -158,7 +159,7 @@ async fn stripe_should_retry_overrides_the_status(backend: Backend) {
     ]);
     let (status, body) = ensure(&app, &json!({"account": A, "email": ADA})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(fake.requests().len(), 3, "retried once");
+    assert_eq!(fake.creations().len(), 3, "retried once");
 }
 
 /// A key Stripe does not know is 401: not retried, 502 `stripe_error` with Stripe's status
@@ -176,7 +177,7 @@ async fn an_unknown_api_key_is_502_with_stripes_401_and_never_the_key(backend: B
     assert_eq!(body["stripe"]["type"], "invalid_request_error");
     assert!(!body.to_string().contains(UNKNOWN_KEY), "{body}");
     assert!(!body.to_string().contains("Invalid API Key"), "{body}");
-    assert_eq!(fake.requests().len(), 1, "a 401 is not retried");
+    assert_eq!(fake.creations().len(), 1, "a 401 is not retried");
     assert_eq!(fake.customers_created(), 0);
 }
 
@@ -190,6 +191,7 @@ async fn stripes_message_reaches_neither_the_client_nor_the_log(backend: Backend
         body: stripe_error_quoting(ADA),
     });
     let db = TestDb::create(backend).await;
+    backfilled(&db.store().await).await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("serve.log");
     let served = serve_with_stripe(&db, &fake.base, &log, &[]);
@@ -247,6 +249,7 @@ async fn a_network_error_goes_to_the_log_and_never_to_the_client(backend: Backen
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     let db = TestDb::create(backend).await;
+    backfilled(&db.store().await).await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("serve.log");
     let served = serve_with_stripe(&db, &format!("http://127.0.0.1:{port}"), &log, &[]);

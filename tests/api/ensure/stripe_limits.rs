@@ -28,7 +28,7 @@ async fn distinct_emails_at_once_never_exceed_the_concurrency_limit(backend: Bac
     for (status, body) in &answers {
         assert_eq!(*status, StatusCode::CREATED, "{body}");
     }
-    assert_eq!(fake.requests().len(), 10);
+    assert_eq!(fake.creations().len(), 10);
     assert_eq!(fake.max_in_flight(), 3);
 }
 
@@ -52,7 +52,7 @@ async fn the_rate_limit_holds_in_every_one_second_window(backend: Backend) {
     for (status, body) in &answers {
         assert_eq!(*status, StatusCode::CREATED, "{body}");
     }
-    assert_eq!(fake.requests().len(), 6);
+    assert_eq!(fake.creations().len(), 6);
     // Our limiter spaces starts by whole seconds; the loopback hop and the waking of a
     // task may move an arrival by a few milliseconds, so the window measured at the fake
     // allows for that.
@@ -64,10 +64,10 @@ async fn the_rate_limit_holds_in_every_one_second_window(backend: Backend) {
         status: 500,
         body: json!({"error": {"type": "api_error"}}),
     });
-    let before = fake.requests().len();
+    let before = fake.creations().len();
     let (status, _) = ensure(&app, &json!({"account": B, "email": ADA})).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(fake.requests().len() - before, 3);
+    assert_eq!(fake.creations().len() - before, 3);
     assert_eq!(fake.max_arrivals_within(window), 2);
 }
 
@@ -93,7 +93,7 @@ async fn a_429_while_our_rate_is_used_up_is_not_retried_and_is_503(backend: Back
         body["message"].as_str().unwrap().contains("limit"),
         "{body}"
     );
-    assert_eq!(fake.requests().len(), 1, "not retried");
+    assert_eq!(fake.creations().len(), 1, "not retried");
 }
 
 /// When no turn can be had within the wait allowed, nothing is sent and checkout hears
@@ -124,13 +124,14 @@ async fn no_turn_within_the_wait_allowed_is_503_and_sends_nothing(backend: Backe
         body["message"],
         "our own limit on requests to Stripe is reached; nothing was sent to Stripe, retry shortly"
     );
-    assert_eq!(fake.requests().len(), 1);
+    assert_eq!(fake.creations().len(), 1);
 }
 
 /// A fresh process has a registry of its own, so the counts are exact.
 async fn ensure_and_stripe_request_metrics_count_outcomes_exactly(backend: Backend) {
     let fake = FakeStripe::start().await;
     let db = TestDb::create(backend).await;
+    backfilled(&db.store().await).await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("serve.log");
     let served = serve_with_stripe(&db, &fake.base, &log, &[("STRIPE_API_CONCURRENCY", "1")]);
@@ -240,7 +241,7 @@ async fn ensure_and_stripe_request_metrics_count_outcomes_exactly(backend: Backe
         assert_eq!(count(&before, series.clone()), 0.0, "{series}");
         assert_eq!(count(&after, series.clone()), expected, "{series}");
     }
-    assert_eq!(fake.requests().len(), 9);
+    assert_eq!(fake.creations().len(), 9);
 }
 
 on_both_backends!(
