@@ -133,7 +133,7 @@ impl Store {
                 let mut transaction = store.maintenance.begin().await?;
                 sqlx::query(
                     "INSERT INTO backfill_seen (account, livemode, customer_id)
-                     SELECT $1, $2, value FROM json_each($3)
+                     SELECT $1, $2, value FROM json_each($3) WHERE true
                      ON CONFLICT DO NOTHING",
                 )
                 .bind(account.as_str())

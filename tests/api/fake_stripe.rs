@@ -112,6 +112,10 @@ struct State {
     behavior: Mutex<Behavior>,
     /// Answered, in order, before `behavior` applies.
     scripted: Mutex<VecDeque<Failure>>,
+    /// Requests still answered as usual before `scripted` applies.
+    scripted_after: Mutex<usize>,
+    /// While held, the requests after this many are held.
+    hold_after: Mutex<usize>,
     by_key: Mutex<HashMap<KeyScope, Remembered>>,
     /// Keys of requests received and not yet answered.
     running: Mutex<HashSet<KeyScope>>,
@@ -155,6 +159,8 @@ impl FakeStripe {
             requests: Mutex::default(),
             behavior: Mutex::default(),
             scripted: Mutex::default(),
+            scripted_after: Mutex::default(),
+            hold_after: Mutex::default(),
             by_key: Mutex::default(),
             running: Mutex::default(),
             created: AtomicUsize::new(0),
@@ -189,6 +195,13 @@ impl FakeStripe {
     /// Answers the next requests with these failures, in order, before the behaviour
     /// applies again.
     pub fn fail_next(&self, failures: impl IntoIterator<Item = Failure>) {
+        self.fail_after(0, failures);
+    }
+
+    /// Answers the next `count` requests as usual, then the following ones with these
+    /// failures, in order.
+    pub fn fail_after(&self, count: usize, failures: impl IntoIterator<Item = Failure>) {
+        *self.state.scripted_after.lock().unwrap() = count;
         self.state.scripted.lock().unwrap().extend(failures);
     }
 
@@ -205,6 +218,13 @@ impl FakeStripe {
 
     /// From now on, requests wait for [`FakeStripe::release`] before they are answered.
     pub fn hold(&self) {
+        self.hold_after(0);
+    }
+
+    /// Answers the first `count` requests (counting from the fake's start); the later ones
+    /// wait for [`FakeStripe::release`].
+    pub fn hold_after(&self, count: usize) {
+        *self.state.hold_after.lock().unwrap() = count;
         self.state.open.send_replace(false);
     }
 
@@ -315,7 +335,12 @@ async fn answer(request: HttpRequest, body: web::Bytes, state: web::Data<State>)
         form,
         at,
     };
-    state.requests.lock().unwrap().push(recorded.clone());
+    // The request's number, from 1.
+    let number = {
+        let mut requests = state.requests.lock().unwrap();
+        requests.push(recorded.clone());
+        requests.len()
+    };
     let api_key = recorded
         .header("authorization")
         .and_then(|auth| auth.strip_prefix("Bearer "))
@@ -370,8 +395,18 @@ async fn answer(request: HttpRequest, body: web::Bytes, state: web::Data<State>)
         None => None,
     };
     // Held until released; the sender lives as long as the state, so this cannot fail.
-    let _ = state.open.subscribe().wait_for(|open| *open).await;
-    let scripted = state.scripted.lock().unwrap().pop_front();
+    if number > *state.hold_after.lock().unwrap() {
+        let _ = state.open.subscribe().wait_for(|open| *open).await;
+    }
+    let scripted = {
+        let mut after = state.scripted_after.lock().unwrap();
+        if *after > 0 {
+            *after -= 1;
+            None
+        } else {
+            state.scripted.lock().unwrap().pop_front()
+        }
+    };
     if let Some(failure) = scripted {
         let mut response = HttpResponse::build(status(failure.status));
         response.insert_header(("Request-Id", "req_fake_failure"));

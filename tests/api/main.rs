@@ -3,6 +3,7 @@
 
 #[macro_use]
 mod helpers;
+mod backfill;
 mod cli;
 mod client_faults;
 mod database_errors;
