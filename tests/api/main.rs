@@ -4,6 +4,7 @@
 #[macro_use]
 mod helpers;
 mod backfill;
+mod catch_up;
 mod cli;
 mod client_faults;
 mod database_errors;

@@ -2,6 +2,7 @@
 //! one file per concern; the helpers they share are here.
 
 mod access;
+mod before_backfill;
 mod creation;
 mod once;
 mod stripe_failures;
