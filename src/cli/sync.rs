@@ -95,6 +95,7 @@ pub async fn backfill(database: &DatabaseArgs, args: BackfillArgs) -> Result<Exi
         progress,
     )
     .await;
+    tracing::info!(?summary, "backfill finished");
     print_json(&summary)?;
     Ok(exit_status(&ended, "backfill"))
 }
@@ -118,6 +119,7 @@ pub async fn catch_up(database: &DatabaseArgs, args: CatchUpArgs) -> Result<Exit
     )
     .await
     .map_err(|e| Failure::runtime("catch-up failed", e))?;
+    tracing::info!(?summary, "catch-up finished");
     print_json(&summary)?;
     Ok(exit_status(&ended, "catch-up"))
 }

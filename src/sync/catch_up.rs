@@ -149,7 +149,10 @@ async fn catch_up_account(
                 Err(refused) => {
                     tally.rejected.add(1);
                     tracing::warn!(account = %account, event_id = %listed.id, reason = %refused, "event rejected");
-                    eprintln!("rejected: {account}: {}: {refused}", listed.id);
+                    eprintln!(
+                        "rejected: {account}: {}: {refused}",
+                        listed.id.escape_debug()
+                    );
                 }
             }
         }
