@@ -4,10 +4,10 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::settings::DatabaseArgs;
+use super::settings::{DatabaseArgs, WaitArgs};
 use super::Failure;
 use crate::replay::{self, Progress};
-use crate::store::RebuildKind;
+use crate::store::{Maintenance, RebuildKind};
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
@@ -15,10 +15,22 @@ pub struct ReplayArgs {
     /// Exit 1 when they differ.
     #[arg(long)]
     verify: bool,
+
+    #[command(flatten)]
+    wait: WaitArgs,
 }
 
 pub async fn run(database: &DatabaseArgs, args: ReplayArgs) -> Result<ExitCode, Failure> {
     let store = database.open_migrated().await?;
+    let command = if args.verify {
+        "replay --verify"
+    } else {
+        "replay"
+    };
+    let _lock = args
+        .wait
+        .lock(&store, Maintenance::Rebuild, command)
+        .await?;
     let kind = if args.verify {
         RebuildKind::Verify
     } else {

@@ -13,7 +13,7 @@ use crate::config::{self, WebhookConfig};
 use crate::domain::AccountId;
 use crate::http::{self, ServerOptions};
 use crate::secret::Secret;
-use crate::store::{DatabaseUrl, Store};
+use crate::store::{DatabaseUrl, LockError, Maintenance, MaintenanceLock, Store};
 use crate::stripe::api::{self, RetryPolicy, StripeApi, StripeApiConfig};
 use crate::stripe::limiter::Limits;
 
@@ -53,6 +53,41 @@ impl DatabaseArgs {
             .await
             .map_err(|e| Failure::runtime("cannot migrate the database", e))?;
         Ok(store)
+    }
+}
+
+/// Whether a maintenance command waits for another run of its kind on the database.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// When another run of this kind holds the database, wait for it to finish (saying
+    /// so on stderr) instead of exiting 1.
+    #[arg(long, overrides_with = "no_wait")]
+    wait: bool,
+    /// When another run of this kind holds the database, exit 1 at once (the default).
+    #[arg(long)]
+    no_wait: bool,
+}
+
+impl WaitArgs {
+    /// Takes the lock of `kind` for `command`: a taken lock is one line and exit 1, or,
+    /// with `--wait`, a line saying what it waits for.
+    pub async fn lock(
+        &self,
+        store: &Store,
+        kind: Maintenance,
+        command: &str,
+    ) -> Result<MaintenanceLock, Failure> {
+        store
+            .lock_maintenance(kind, command, self.wait && !self.no_wait, |holder| {
+                eprintln!("waiting: {holder} holds this database");
+            })
+            .await
+            .map_err(|e| match e {
+                LockError::Busy { .. } => {
+                    Failure::Runtime(format!("{e}; try again later, or pass --wait"))
+                }
+                other => Failure::runtime("cannot take the maintenance lock", other),
+            })
     }
 }
 

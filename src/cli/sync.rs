@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use super::settings::{DatabaseArgs, PlatformArgs, SyncStripeArgs};
+use super::settings::{DatabaseArgs, PlatformArgs, SyncStripeArgs, WaitArgs};
 use super::{print_json, Failure};
 use crate::domain::AccountId;
-use crate::store::Store;
+use crate::store::{Maintenance, Store};
 use crate::stripe::api::StripeApi;
 use crate::sync::{backfill, catch_up, since, Context, Ended, Progress, Selection, Stop};
 
@@ -64,6 +64,8 @@ pub struct BackfillArgs {
     #[arg(long)]
     restart: bool,
     #[command(flatten)]
+    wait: WaitArgs,
+    #[command(flatten)]
     stripe: SyncStripeArgs,
     #[command(flatten)]
     platform: PlatformArgs,
@@ -78,6 +80,8 @@ pub struct CatchUpArgs {
     #[arg(long)]
     since: Option<String>,
     #[command(flatten)]
+    wait: WaitArgs,
+    #[command(flatten)]
     stripe: SyncStripeArgs,
     #[command(flatten)]
     platform: PlatformArgs,
@@ -86,6 +90,10 @@ pub struct CatchUpArgs {
 pub async fn backfill(database: &DatabaseArgs, args: BackfillArgs) -> Result<ExitCode, Failure> {
     let selection = args.accounts.selection()?;
     let (context, targets) = prepare(database, &args.stripe, &args.platform, &selection).await?;
+    let _lock = args
+        .wait
+        .lock(&context.store, Maintenance::Backfill, "backfill")
+        .await?;
     let progress = Arc::new(Bar::on_terminal("customers"));
     let (summary, ended) = backfill::run(
         &context,
@@ -109,6 +117,10 @@ pub async fn catch_up(database: &DatabaseArgs, args: CatchUpArgs) -> Result<Exit
         .transpose()
         .map_err(|e| Failure::Usage(e.to_string()))?;
     let (context, targets) = prepare(database, &args.stripe, &args.platform, &selection).await?;
+    let _lock = args
+        .wait
+        .lock(&context.store, Maintenance::CatchUp, "catch-up")
+        .await?;
     let progress = Arc::new(Bar::on_terminal("events"));
     let (summary, ended) = catch_up::run(
         &context,

@@ -12,6 +12,7 @@ mod append;
 mod backfill;
 mod group_commit;
 mod lookup;
+mod maintenance;
 mod model;
 mod postgres;
 mod rebuild;
@@ -23,6 +24,7 @@ use model::connect_cause;
 use sql::Sql;
 
 pub use backfill::BackfillPass;
+pub use maintenance::{LockError, Maintenance, MaintenanceLock};
 pub use model::{
     AppendOutcome, Customer, CustomerCounts, DatabaseUrl, Difference, InvalidDatabaseUrl,
     LogRecord, LogSummary, LoggedEvent, Lookup, LookupRequest, ProjectedCustomer, RebuildKind,

@@ -293,6 +293,17 @@ async fn a_failed_page_resumes_after_the_last_committed_page(backend: Backend) {
     );
     assert_eq!(counts["recorded"], 50);
     assert_eq!(events_in_log(&app).await, 253);
+
+    // --restart: every named account from the top; nothing changed, nothing recorded.
+    let before = fake.requests().len();
+    let restart = ["backfill", "--account", A, "--restart"];
+    let (code, counts, stderr) = outcome(&finish(sync_command(&app.db, &fake, &restart)).await);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(fake.requests()[before].param("starting_after"), None);
+    assert_eq!(
+        (counts["recorded"].as_u64(), counts["unchanged"].as_u64()),
+        (Some(0), Some(250))
+    );
 }
 
 /// Stripe allows fewer requests per second than `--rate`: its 429s are retried and every

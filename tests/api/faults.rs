@@ -37,7 +37,7 @@ fn crash_event(round: usize, n: usize) -> Vec<u8> {
     let (event_type, email, created) = match n % 3 {
         0 => ("customer.created", own.as_str(), 1_700_000_000),
         1 => ("customer.updated", shared.as_str(), 1_700_000_001),
-        _ if customer % 2 == 0 => ("customer.deleted", shared.as_str(), 1_700_000_002),
+        _ if customer.is_multiple_of(2) => ("customer.deleted", shared.as_str(), 1_700_000_002),
         _ => ("customer.updated", own.as_str(), 1_700_000_002),
     };
     EventSpec {
@@ -45,7 +45,7 @@ fn crash_event(round: usize, n: usize) -> Vec<u8> {
         event_type,
         account,
         created,
-        livemode: customer % 5 == 0,
+        livemode: customer.is_multiple_of(5),
         customer_id: &customer_id,
         email: Some(email),
         customer_created: 1_700_000_000,

@@ -243,12 +243,12 @@ async fn concurrent_lookups_each_get_their_own_answer(backend: Backend) {
         }
     }
     let expected = |i: usize, livemode: Option<bool>| -> (StatusCode, Option<String>) {
-        let test = if i % 6 == 0 {
+        let test = if i.is_multiple_of(6) {
             format!("cus_old{i}")
         } else {
             format!("cus_t{i}")
         };
-        let live = (i % 4 == 0).then(|| format!("cus_l{i}"));
+        let live = i.is_multiple_of(4).then(|| format!("cus_l{i}"));
         match (livemode, live) {
             (Some(false), _) | (None, None) => (StatusCode::OK, Some(test)),
             (Some(true), Some(live)) => (StatusCode::OK, Some(live)),

@@ -17,6 +17,7 @@ mod import;
 mod isolation;
 mod limits;
 mod lookup;
+mod maintenance;
 mod memory;
 mod ops;
 mod permutation;

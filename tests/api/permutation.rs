@@ -182,7 +182,16 @@ impl Case {
             }
         }
         // Events of identical content tie; the seed's parity decides which comes first.
-        deliveries.sort_by_key(|&(key, index)| (key, if seed % 2 == 0 { index } else { !index }));
+        deliveries.sort_by_key(|&(key, index)| {
+            (
+                key,
+                if seed.is_multiple_of(2) {
+                    index
+                } else {
+                    !index
+                },
+            )
+        });
         deliveries.into_iter().map(|(_, index)| index).collect()
     }
 

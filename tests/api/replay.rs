@@ -234,7 +234,7 @@ async fn lookups_and_deliveries_overlap_a_held_replay_and_stay_right(backend: Ba
     let mut lookups = 0usize;
     while !replaying.is_finished() && lookups < 100_000 {
         lookup_populated(&app, 1 + lookups * 11 % (CUSTOMERS - 1), "during the swap").await;
-        if lookups % 10 == 0 {
+        if lookups.is_multiple_of(10) {
             deliver_new(&app, delivered, "during the swap").await;
             delivered += 1;
         }
