@@ -18,11 +18,16 @@ pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {
         Ok(Ok(())) => HttpResponse::Ok().json(json!({ "status": "ready" })),
         Ok(Err(error)) => {
-            tracing::warn!(%error, "not ready: database error");
+            let error = state.store.explain(error).await;
+            tracing::warn!(%error, "not ready: the database cannot be used");
             not_ready()
         }
         Err(_) => {
-            tracing::warn!("not ready: database did not answer in time");
+            let location = state.store.location();
+            tracing::warn!(
+                location,
+                "not ready: the database did not answer within 2 s"
+            );
             not_ready()
         }
     }

@@ -103,6 +103,45 @@ impl Store {
     }
 
     /// Whether the database answers: readiness.
+    /// Where the database is, for messages (never the password).
+    pub fn location(&self) -> String {
+        match self {
+            Self::Sqlite(s) => {
+                DatabaseUrl::Sqlite((*s.maintenance.connect_options()).clone()).location()
+            }
+            Self::Postgres(s) => {
+                DatabaseUrl::Postgres((*s.pool.connect_options()).clone()).location()
+            }
+        }
+    }
+
+    /// `error` as an operator needs it: where the database is and why it failed. A pool
+    /// that timed out says nothing of why, so one connection is tried to find out.
+    pub async fn explain(&self, error: StoreError) -> StoreError {
+        if let StoreError::Connect { .. } = error {
+            return error;
+        }
+        let cause = match (self, &error) {
+            (Self::Postgres(s), StoreError::Database(sqlx::Error::PoolTimedOut)) => {
+                let options = s.pool.connect_options();
+                let probe = <sqlx::PgConnection as sqlx::Connection>::connect_with(&options);
+                match tokio::time::timeout(std::time::Duration::from_secs(2), probe).await {
+                    Ok(Ok(connection)) => {
+                        drop(connection);
+                        "every connection was busy for longer than the pool waits".to_owned()
+                    }
+                    Ok(Err(e)) => connect_cause(&StoreError::Database(e)),
+                    Err(_) => "no answer within 2 s".to_owned(),
+                }
+            }
+            _ => connect_cause(&error),
+        };
+        StoreError::Connect {
+            location: self.location(),
+            cause,
+        }
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Self::Sqlite(s) => s.ping().await?,

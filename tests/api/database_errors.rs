@@ -3,8 +3,11 @@
 
 use std::net::TcpListener;
 
-use crate::helpers::{postgres_admin_url, postgres_configured, replace_database};
+use crate::helpers::{
+    postgres_admin_url, postgres_configured, replace_database, Backend, TestDb, HANG,
+};
 use crate::process::run;
+use crate::process::{serve_command, Served};
 
 /// Runs `status` against `url`: exit 1 and one line on stderr, returned.
 fn refused(url: &str) -> String {
@@ -60,4 +63,47 @@ fn a_postgres_server_that_refuses_names_the_server_and_the_reason() {
         "{stderr}"
     );
     assert!(stderr.contains("PostgreSQL server "), "{stderr}");
+}
+
+/// Behind a 503 from `/readyz`, the log says which server and why, not only that a pool
+/// timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_lost_while_serving_is_named_with_the_reason_in_the_log() {
+    if !postgres_configured() {
+        return;
+    }
+    let db = TestDb::create(Backend::Postgres).await;
+    let folder = tempfile::tempdir().unwrap();
+    let log = folder.path().join("serve.log");
+    let mut command = serve_command(&db.url);
+    command.stderr(std::process::Stdio::from(
+        std::fs::File::create(&log).unwrap(),
+    ));
+    let mut served = Served::spawn(command);
+    let client = reqwest::Client::new();
+    db.refuse_connections().await;
+
+    let ready = client
+        .get(format!("{}/readyz", served.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+
+    db.allow_connections().await;
+    served.terminate();
+    assert!(served.wait_exit(HANG).is_some());
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let name = db.url.rsplit('/').next().unwrap();
+    let line = logged
+        .lines()
+        .find(|line| line.contains("not ready"))
+        .unwrap_or_else(|| panic!("no readiness line in:\n{logged}"));
+    let location = format!("PostgreSQL server 127.0.0.1:5432, database \"{name}\": ");
+    assert!(line.contains(&location), "{line}");
+    // The server's own words: the pool's connection was ended, or a new one refused.
+    assert!(
+        line.contains("terminating connection") || line.contains("not currently accepting"),
+        "{line}"
+    );
 }
