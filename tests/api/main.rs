@@ -8,6 +8,7 @@ mod catch_up;
 mod cli;
 mod client_faults;
 mod database_errors;
+mod deploy;
 mod disk_full;
 mod ensure;
 mod fake_stripe;
