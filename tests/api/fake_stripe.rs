@@ -418,6 +418,9 @@ async fn answer(request: HttpRequest, body: web::Bytes, state: web::Data<State>)
     if recorded.method == "GET" {
         return read(&state, &recorded, &account);
     }
+    if (recorded.method.as_str(), recorded.path.as_str()) == ("POST", "/v1/payment_intents") {
+        return payment_intent(&state, &recorded, &account);
+    }
     if !creates {
         return not_found("Unrecognized request URL");
     }
@@ -807,5 +810,35 @@ fn search_page(found: Vec<&Value>, limit: usize, page: Option<&str>) -> HttpResp
         "has_more": has_more,
         "next_page": has_more.then(|| next.to_string()),
         "url": "/v1/customers/search"
+    }))
+}
+
+/// `POST /v1/payment_intents`: as on Stripe, the customer must be a live customer of the
+/// account the request acts on; a customer of another account is "No such customer".
+fn payment_intent(state: &State, request: &Recorded, account: &str) -> HttpResponse {
+    let customer = request.field("customer").unwrap_or_default();
+    let data = state.data.lock().unwrap();
+    let live = data
+        .customers
+        .get(account)
+        .is_some_and(|customers| customers.iter().any(|c| c["id"] == customer))
+        && !data
+            .deleted
+            .get(account)
+            .is_some_and(|deleted| deleted.contains(customer));
+    if !live {
+        return error(
+            400,
+            json!({"error": {"type": "invalid_request_error", "code": "resource_missing",
+                             "param": "customer", "message": format!("No such customer: '{customer}'")}}),
+        );
+    }
+    drop(data);
+    let number = state.requests.lock().unwrap().len();
+    HttpResponse::Ok().json(json!({
+        "id": format!("pi_Fake{number:010}"), "object": "payment_intent",
+        "amount": request.field("amount").and_then(|a| a.parse::<i64>().ok()),
+        "currency": request.field("currency"), "customer": customer,
+        "status": "requires_payment_method", "livemode": false
     }))
 }

@@ -109,7 +109,12 @@ async fn app_with_limits(backend: Backend, fake: &FakeStripe, limits: Limits) ->
 }
 
 /// `serve` (the real binary) creating customers through `api_base`, its log in `log`.
-fn serve_with_stripe(db: &TestDb, api_base: &str, log: &Path, settings: &[(&str, &str)]) -> Served {
+pub(crate) fn serve_with_stripe(
+    db: &TestDb,
+    api_base: &str,
+    log: &Path,
+    settings: &[(&str, &str)],
+) -> Served {
     let mut command = serve_command(&db.url);
     command
         .env("STRIPE_SECRET_KEY", TEST_KEY)
