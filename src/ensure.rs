@@ -289,10 +289,21 @@ impl Ensurer {
             tracing::warn!(account = %request.account, livemode, error = %error, "cannot ask Stripe for an existing customer");
             EnsureError::PreCheckFailed
         };
-        let searched = stripe
+        let searched = match stripe
             .search_customers_by_email(on, request.email_key.as_str())
             .await
-            .map_err(unavailable)?;
+        {
+            Ok(found) => found,
+            // The Search API is not offered in every country: a refusal of the search
+            // itself leaves the exact list filter to answer, rather than refusing checkout.
+            Err(StripeApiError::Rejected { status, .. })
+                if status != 429 && (400..500).contains(&status) =>
+            {
+                tracing::warn!(account = %request.account, status, "Stripe refused the customer search; asking the list filter only");
+                Vec::new()
+            }
+            Err(error) => return Err(unavailable(error)),
+        };
         let listed = stripe
             .list_page(
                 ListOf::Customers {

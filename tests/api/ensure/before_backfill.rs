@@ -97,6 +97,25 @@ async fn a_customer_the_search_does_not_see_yet_is_found_by_the_exact_filter(bac
     assert!(fake.creations().is_empty());
 }
 
+/// Where Stripe refuses the search (it is not offered in every country), the list's exact
+/// filter still answers.
+async fn a_refused_search_leaves_the_exact_filter_to_answer(backend: Backend) {
+    let fake = FakeStripe::start().await;
+    fake.add_customer(
+        Some(A),
+        customer_object("cus_1Listed", Some(ADA), None, 1_700_000_000, false),
+    );
+    fake.fail_next([Failure::new(400, "invalid_request_error", None)]);
+    let app = app_not_backfilled(backend, &fake).await;
+
+    let (status, body) = ensure(&app, &json!({"account": A, "email": ADA})).await;
+
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["customer_id"], "cus_1Listed");
+    assert!(fake.creations().is_empty());
+    assert_eq!(fake.requests()[0].path, "/v1/customers/search");
+}
+
 /// When Stripe cannot be asked, nothing is created: 503 `stripe_unavailable`.
 async fn a_failed_question_is_503_and_never_a_creation(backend: Backend) {
     let fake = FakeStripe::start().await;
@@ -117,4 +136,5 @@ on_both_backends!(
     an_existing_stripe_customer_is_reused_then_new_buyers_are_created,
     a_customer_the_search_does_not_see_yet_is_found_by_the_exact_filter,
     a_failed_question_is_503_and_never_a_creation,
+    a_refused_search_leaves_the_exact_filter_to_answer,
 );
