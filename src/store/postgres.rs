@@ -9,9 +9,11 @@ use std::str::FromStr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::Connection;
 use sqlx::{PgPool, Postgres};
+use tokio::time::{timeout_at, Instant};
 
 use super::append::{AppendPlan, EventRow};
 use super::group_commit::{self, Committer, Job};
@@ -28,6 +30,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// A request waits at most this long for a connection: when the database is gone the
 /// webhook answers 503 promptly and Stripe retries later.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// An append or a lookup, with the wait for its connection, gets at most this long: a
+/// database that answers too slowly is unavailable, and the request answers 503 rather
+/// than wait. PostgreSQL's `statement_timeout` would not do: it cannot bound a network
+/// that delivers the statement, or its answer, late.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECTIONS: u32 = 16;
 /// Group-commit tasks: two, so that one batch gathers while another commits. More make
 /// smaller batches, and the database's cost per statement then shows.
@@ -149,6 +156,8 @@ async fn append_many(
     }
     let plan = AppendPlan::new(events);
     let (rows, newest) = (&plan.rows, &plan.newest);
+    let deadline = Instant::now() + STATEMENT_TIMEOUT;
+    let mut connection = acquire(pool, deadline).await?;
     let stored = sqlx::query_as(&APPEND_BATCH)
         .bind(column(rows, |r| r.event_id))
         .bind(column(rows, |r| r.account))
@@ -168,9 +177,42 @@ async fn append_many(
         .bind(source.as_str())
         .bind(PROJECTION_VERSION)
         .bind(newest)
-        .fetch_all(pool)
-        .await?;
+        .fetch_all(&mut *connection);
+    let stored = timeout_at(deadline, stored).await;
+    let stored = finish(connection, stored)?;
     Ok(plan.outcomes(stored))
+}
+
+/// A connection for a statement due by `deadline` (see [`STATEMENT_TIMEOUT`]).
+async fn acquire(
+    pool: &PgPool,
+    deadline: Instant,
+) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+    timeout_at(deadline, pool.acquire())
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)?
+}
+
+/// A statement's result, or a time-out error if it was abandoned at its deadline; then its
+/// connection is closed rather than returned to the pool, where it would be tested by a
+/// round trip that waits on the same slow network.
+fn finish<T>(
+    connection: PoolConnection<Postgres>,
+    done: Result<Result<T, sqlx::Error>, tokio::time::error::Elapsed>,
+) -> Result<T, sqlx::Error> {
+    match done {
+        Ok(result) => result,
+        Err(_) => {
+            drop(connection.detach());
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the database did not answer within {} s",
+                    STATEMENT_TIMEOUT.as_secs()
+                ),
+            )))
+        }
+    }
 }
 
 /// Checkout's customer for each `(account, livemode, email key)` (arrays `$1`, `$2`,
@@ -202,12 +244,15 @@ pub(super) async fn canonical_many(
     let accounts: Vec<&str> = keys.iter().map(|key| key.0).collect();
     let modes: Vec<bool> = keys.iter().map(|key| key.1).collect();
     let emails: Vec<&str> = keys.iter().map(|key| key.2).collect();
-    let rows: Vec<NumberedCustomer> = sqlx::query_as(&CANONICAL_MANY)
+    let deadline = Instant::now() + STATEMENT_TIMEOUT;
+    let mut connection = acquire(pool, deadline).await?;
+    let rows = sqlx::query_as(&CANONICAL_MANY)
         .bind(&accounts)
         .bind(&modes)
         .bind(&emails)
-        .fetch_all(pool)
-        .await?;
+        .fetch_all(&mut *connection);
+    let rows = timeout_at(deadline, rows).await;
+    let rows: Vec<NumberedCustomer> = finish(connection, rows)?;
     in_key_order(rows, keys.len())
 }
 

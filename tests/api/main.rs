@@ -27,6 +27,7 @@ mod process;
 mod replay;
 mod rules;
 mod secrets;
+mod slow_db;
 mod sql_mirrors;
 mod stripe_reads;
 mod webhook;
