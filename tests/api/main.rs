@@ -21,6 +21,7 @@ mod maintenance;
 mod memory;
 mod ops;
 mod permutation;
+mod pg_crash;
 mod process;
 mod replay;
 mod rules;
