@@ -22,6 +22,7 @@ mod maintenance;
 mod memory;
 mod ops;
 mod permutation;
+mod pg_crash;
 mod php_example;
 mod process;
 mod replay;
