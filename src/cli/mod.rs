@@ -2,6 +2,7 @@
 
 mod ensure;
 mod exit;
+mod explain;
 mod import;
 mod lookup;
 mod migrate;
@@ -63,6 +64,9 @@ enum Command {
     /// Checkout's get-or-create: print the customer as JSON, creating it through Stripe
     /// (STRIPE_SECRET_KEY) on the account when the read model has none.
     Ensure(ensure::EnsureArgs),
+    /// Why checkout gets the customer it gets: every customer of the account that holds
+    /// or held the email, with the records that decided its state. Table, or --json.
+    Explain(explain::ExplainArgs),
     /// Print counts as JSON: events, customers, projection position and errors.
     Status,
     /// Rebuild the customer table from the event log and swap it in atomically.
@@ -90,6 +94,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Migrate => migrate::run(database).await,
         Command::Lookup(args) => lookup::run(database, args).await,
         Command::Ensure(args) => ensure::run(database, args).await,
+        Command::Explain(args) => explain::run(database, args).await,
         Command::Status => status::run(database).await,
         Command::Replay(args) => replay::run(database, args).await,
         Command::Import(args) => import::run(database, args).await,

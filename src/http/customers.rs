@@ -45,6 +45,27 @@ async fn answer_lookup(request: &HttpRequest, state: &AppState) -> Result<HttpRe
     }
 }
 
+/// `GET /v1/customers/explain`: the lookup's answer and the evidence behind it (same
+/// question, same token).
+pub(super) async fn explain(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&request, state.read_token.as_ref())?;
+    let query = web::Query::<LookupQuery>::from_query(request.query_string())
+        .map_err(|e| InvalidLookup(format!("query string: {e}")))?;
+    let lookup = LookupRequest::parse(
+        query.account.as_deref(),
+        query.email.as_deref(),
+        query.livemode.as_deref(),
+    )?;
+    let explanation = state
+        .store
+        .explain(&lookup.account, &lookup.email, lookup.livemode)
+        .await?;
+    Ok(HttpResponse::Ok().json(explanation))
+}
+
 /// Every `/v1` request needs the bearer token when one is configured.
 pub(super) fn authorize(request: &HttpRequest, token: Option<&Secret>) -> Result<(), ApiError> {
     let Some(token) = token else {

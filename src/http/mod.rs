@@ -109,6 +109,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/webhooks/stripe", web::post().to(webhook::receive))
         .route("/v1/customers", web::get().to(customers::lookup))
         .route("/v1/customers/ensure", web::post().to(ensure::counted))
+        .route("/v1/customers/explain", web::get().to(customers::explain))
         .route("/healthz", web::get().to(ops::healthz))
         .route("/readyz", web::get().to(ops::readyz))
         .route("/metrics", web::get().to(ops::metrics));

@@ -18,7 +18,7 @@ pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {
         Ok(Ok(())) => HttpResponse::Ok().json(json!({ "status": "ready" })),
         Ok(Err(error)) => {
-            let error = state.store.explain(error).await;
+            let error = state.store.explain_failure(error).await;
             tracing::warn!(%error, "not ready: the database cannot be used");
             not_ready()
         }

@@ -10,6 +10,7 @@
 
 mod append;
 mod backfill;
+mod explain;
 mod group_commit;
 mod lookup;
 mod maintenance;
@@ -24,6 +25,7 @@ use model::connect_cause;
 use sql::Sql;
 
 pub use backfill::BackfillPass;
+pub use explain::{CheckoutAnswer, ExplainedCustomer, ExplainedRecord, Explanation};
 pub use maintenance::{LockError, Maintenance, MaintenanceLock};
 pub use model::{
     AppendOutcome, Customer, CustomerCounts, DatabaseUrl, Difference, InvalidDatabaseUrl,
@@ -117,7 +119,7 @@ impl Store {
 
     /// `error` as an operator needs it: where the database is and why it failed. A pool
     /// that timed out says nothing of why, so one connection is tried to find out.
-    pub async fn explain(&self, error: StoreError) -> StoreError {
+    pub async fn explain_failure(&self, error: StoreError) -> StoreError {
         if let StoreError::Connect { .. } = error {
             return error;
         }

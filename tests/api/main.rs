@@ -11,6 +11,7 @@ mod database_errors;
 mod deploy;
 mod disk_full;
 mod ensure;
+mod explain;
 mod fake_stripe;
 mod faults;
 mod hostile;
