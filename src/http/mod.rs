@@ -104,15 +104,28 @@ impl Default for ServerOptions {
     }
 }
 
-pub fn routes(config: &mut web::ServiceConfig) {
-    config
-        .route("/webhooks/stripe", web::post().to(webhook::receive))
-        .route("/v1/customers", web::get().to(customers::lookup))
-        .route("/v1/customers/ensure", web::post().to(ensure::counted))
-        .route("/v1/customers/explain", web::get().to(customers::explain))
-        .route("/healthz", web::get().to(ops::healthz))
-        .route("/readyz", web::get().to(ops::readyz))
-        .route("/metrics", web::get().to(ops::metrics));
+/// Declares the routes once: what the server registers and the list (`ROUTES`) the
+/// OpenAPI document is checked against, so neither can have a route the other lacks.
+macro_rules! routes {
+    ($($method:ident $path:literal => $handler:path),* $(,)?) => {
+        /// Every route the server answers, as `(method, path)`.
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        pub fn routes(config: &mut web::ServiceConfig) {
+            config$(.route($path, web::$method().to($handler)))*;
+        }
+    };
+}
+
+routes! {
+    post "/webhooks/stripe" => webhook::receive,
+    get "/v1/customers" => customers::lookup,
+    post "/v1/customers/ensure" => ensure::counted,
+    get "/v1/customers/explain" => customers::explain,
+    get "/healthz" => ops::healthz,
+    get "/readyz" => ops::readyz,
+    get "/metrics" => ops::metrics,
+    get "/openapi.json" => ops::openapi,
 }
 
 /// The application as `serve` runs it: the shared state and a server that has not been

@@ -33,6 +33,13 @@ pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// The OpenAPI 3.1 document of this HTTP surface (`docs/openapi.json`, compiled in).
+pub(super) async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(include_str!("../../docs/openapi.json"))
+}
+
 /// Prometheus text exposition of this process's metrics.
 pub(super) async fn metrics() -> HttpResponse {
     match crate::metrics::render() {

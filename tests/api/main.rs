@@ -21,6 +21,7 @@ mod limits;
 mod lookup;
 mod maintenance;
 mod memory;
+mod openapi;
 mod ops;
 mod permutation;
 mod pg_crash;
