@@ -325,7 +325,7 @@ pub fn peak_rss_of(pid: u32) -> f64 {
 }
 
 /// A memory figure of /proc/PID/status, in MiB.
-fn status_mib(pid: u32, field: &str) -> f64 {
+pub fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
