@@ -4,7 +4,7 @@
 //! `catch-up` runs would read the same events twice. Each kind holds a lock for the
 //! command's life; what appends (`serve`, `import`) never takes one.
 //!
-//! On PostgreSQL the lock is a session advisory lock on a connection of its own, which
+//! On PostgreSQL the lock is a session-level advisory lock on a connection of its own, which
 //! any process sharing the database sees, and which the server frees if the process dies.
 //! On SQLite it is an exclusive lock on a file beside the database, freed by the OS when
 //! the process exits however it exits. Either way the holder is named, with the time it
