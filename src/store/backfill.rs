@@ -125,59 +125,45 @@ impl Store {
         listed: &[String],
     ) -> Result<bool, StoreError> {
         let listed_count = i64::try_from(listed.len()).unwrap_or(i64::MAX);
+        let seen = format!(
+            "INSERT INTO backfill_seen (account, livemode, customer_id)
+             SELECT $1, $2, value FROM {} WHERE true
+             ON CONFLICT DO NOTHING",
+            self.json_values("$3")
+        );
+        let listed_json = serde_json::Value::from(listed.to_vec()).to_string();
         let update = "UPDATE backfill_passes
                       SET position = $4, pages = pages + 1, customers = customers + $5
                       WHERE account = $1 AND livemode = $2 AND pass = $3";
-        Ok(match self {
-            Store::Sqlite(store) => {
-                let mut transaction = store.maintenance.begin().await?;
-                sqlx::query(
-                    "INSERT INTO backfill_seen (account, livemode, customer_id)
-                     SELECT $1, $2, value FROM json_each($3) WHERE true
-                     ON CONFLICT DO NOTHING",
-                )
+        Ok(on_pool!(self, |pool| {
+            let mut transaction = pool.begin().await?;
+            sqlx::query(&seen)
                 .bind(account.as_str())
                 .bind(livemode)
-                .bind(serde_json::Value::from(listed.to_vec()).to_string())
+                .bind(&listed_json)
                 .execute(&mut *transaction)
                 .await?;
-                let changed = sqlx::query(update)
-                    .bind(account.as_str())
-                    .bind(livemode)
-                    .bind(pass)
-                    .bind(position)
-                    .bind(listed_count)
-                    .execute(&mut *transaction)
-                    .await?
-                    .rows_affected();
-                transaction.commit().await?;
-                changed == 1
-            }
-            Store::Postgres(store) => {
-                let mut transaction = store.pool.begin().await?;
-                sqlx::query(
-                    "INSERT INTO backfill_seen (account, livemode, customer_id)
-                     SELECT $1, $2, unnest($3::text[])
-                     ON CONFLICT DO NOTHING",
-                )
+            let changed = sqlx::query(update)
                 .bind(account.as_str())
                 .bind(livemode)
-                .bind(listed)
+                .bind(pass)
+                .bind(position)
+                .bind(listed_count)
                 .execute(&mut *transaction)
-                .await?;
-                let changed = sqlx::query(update)
-                    .bind(account.as_str())
-                    .bind(livemode)
-                    .bind(pass)
-                    .bind(position)
-                    .bind(listed_count)
-                    .execute(&mut *transaction)
-                    .await?
-                    .rows_affected();
-                transaction.commit().await?;
-                changed == 1
-            }
-        })
+                .await?
+                .rows_affected();
+            transaction.commit().await?;
+            changed == 1
+        }))
+    }
+
+    /// A table of the strings in the JSON array bound at `placeholder` (one column,
+    /// `value`): how both backends take a list of ids in one parameter.
+    pub(super) fn json_values(&self, placeholder: &str) -> String {
+        match self {
+            Store::Sqlite(_) => format!("json_each({placeholder})"),
+            Store::Postgres(_) => format!("json_array_elements_text({placeholder}::json)"),
+        }
     }
 
     /// The customers of `(account, livemode)` the read model holds as live that the current
@@ -261,31 +247,30 @@ impl Store {
         livemode: bool,
         customer_ids: &[String],
     ) -> Result<HashMap<String, String>, StoreError> {
+        let sql = format!(
+            "SELECT c.customer_id, e.payload
+             FROM customers c JOIN events e ON e.event_id = c.last_event_id
+             WHERE c.account = $1 AND c.livemode = $2
+               AND c.customer_id IN (SELECT value FROM {})",
+            self.json_values("$3")
+        );
+        let ids_json = serde_json::Value::from(customer_ids.to_vec()).to_string();
         let rows: Vec<(String, String)> = match self {
             Store::Sqlite(store) => {
-                sqlx::query_as(
-                    "SELECT c.customer_id, e.payload
-                     FROM customers c JOIN events e ON e.event_id = c.last_event_id
-                     WHERE c.account = $1 AND c.livemode = $2
-                       AND c.customer_id IN (SELECT value FROM json_each($3))",
-                )
-                .bind(account.as_str())
-                .bind(livemode)
-                .bind(serde_json::Value::from(customer_ids.to_vec()).to_string())
-                .fetch_all(&store.reader)
-                .await?
+                sqlx::query_as(&sql)
+                    .bind(account.as_str())
+                    .bind(livemode)
+                    .bind(&ids_json)
+                    .fetch_all(&store.reader)
+                    .await?
             }
             Store::Postgres(store) => {
-                sqlx::query_as(
-                    "SELECT c.customer_id, e.payload
-                     FROM customers c JOIN events e ON e.event_id = c.last_event_id
-                     WHERE c.account = $1 AND c.livemode = $2 AND c.customer_id = ANY($3)",
-                )
-                .bind(account.as_str())
-                .bind(livemode)
-                .bind(customer_ids)
-                .fetch_all(&store.pool)
-                .await?
+                sqlx::query_as(&sql)
+                    .bind(account.as_str())
+                    .bind(livemode)
+                    .bind(&ids_json)
+                    .fetch_all(&store.pool)
+                    .await?
             }
         };
         Ok(rows.into_iter().collect())

@@ -242,40 +242,32 @@ impl Store {
                  ORDER BY customer_id, livemode, position"
             )
         };
-        Ok(match self {
-            Store::Sqlite(s) => {
-                let ids_json = serde_json::Value::from(ids.to_vec()).to_string();
-                let filter = "customer_id IN (SELECT value FROM json_each($2))";
-                let customers = sqlx::query_as(&format!(
-                    "SELECT {customer_columns} FROM customers WHERE account = $1 AND {filter}"
-                ))
-                .bind(account.as_str())
-                .bind(&ids_json)
-                .fetch_all(&s.reader)
-                .await?;
-                let records = sqlx::query_as(&records(filter))
+        let filter = format!(
+            "customer_id IN (SELECT value FROM {})",
+            self.json_values("$2")
+        );
+        let customers_sql =
+            format!("SELECT {customer_columns} FROM customers WHERE account = $1 AND {filter}");
+        let records_sql = records(&filter);
+        let ids_json = serde_json::Value::from(ids.to_vec()).to_string();
+        macro_rules! fetch {
+            ($pool:expr) => {{
+                let customers = sqlx::query_as(&customers_sql)
                     .bind(account.as_str())
                     .bind(&ids_json)
-                    .fetch_all(&s.reader)
+                    .fetch_all($pool)
                     .await?;
-                (customers, records)
-            }
-            Store::Postgres(s) => {
-                let filter = "customer_id = ANY($2)";
-                let customers = sqlx::query_as(&format!(
-                    "SELECT {customer_columns} FROM customers WHERE account = $1 AND {filter}"
-                ))
-                .bind(account.as_str())
-                .bind(ids)
-                .fetch_all(&s.pool)
-                .await?;
-                let records = sqlx::query_as(&records(filter))
+                let records = sqlx::query_as(&records_sql)
                     .bind(account.as_str())
-                    .bind(ids)
-                    .fetch_all(&s.pool)
+                    .bind(&ids_json)
+                    .fetch_all($pool)
                     .await?;
                 (customers, records)
-            }
+            }};
+        }
+        Ok(match self {
+            Store::Sqlite(s) => fetch!(&s.reader),
+            Store::Postgres(s) => fetch!(&s.pool),
         })
     }
 }
