@@ -66,7 +66,8 @@ impl FinishingRebuild {
 
 impl Store {
     /// Starts rebuilding the customer table aside (see `replay`). Any aside table left by
-    /// an interrupted rebuild of the same kind is dropped.
+    /// an interrupted rebuild of the same kind, or a table one replaced but had not yet
+    /// dropped, is dropped.
     pub async fn start_rebuild(&self, kind: RebuildKind) -> Result<Rebuild, StoreError> {
         let token = chrono::Utc::now().timestamp_micros().to_string();
         let table = Rebuild::table_for(kind);
@@ -116,9 +117,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let (table, token, upto) = (rebuild.table(), rebuild.token.as_str(), rebuild.horizon);
         Ok(match self {
-            Self::Sqlite(s) => {
-                sqlite::rebuild_from_columns(&s.maintenance, table, token, upto, current).await?
-            }
+            Self::Sqlite(s) => sqlite::rebuild_from_columns(s, table, token, upto, current).await?,
             Self::Postgres(s) => {
                 postgres::rebuild_from_columns(&s.pool, table, token, upto, current).await?
             }

@@ -15,23 +15,23 @@
 //! may see a commit a few milliseconds before it is durable; if the machine then loses
 //! power, that event is gone, unacknowledged, and Stripe delivers it again.
 
+mod aside;
 mod readers;
 mod writer;
+
+pub(super) use aside::rebuild_from_columns;
 
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
 
 use super::sql::{Dialect, Sql};
 use super::{in_key_order, AppendOutcome, Customer, Source, StoreError};
-use crate::projection::canonical::{self, CANDIDATE_SQL, CANONICAL_ORDER_SQL};
-use crate::projection::order::NEWEST_SQL;
-use crate::projection::types::PROJECTED_TYPES_SQL;
+use crate::projection::canonical::{CANDIDATE_SQL, CANONICAL_ORDER_SQL};
 use crate::projection::Effect;
 use crate::stripe::event::CustomerEvent;
 
@@ -169,10 +169,19 @@ fn open_connection(path: &Path, extra: &str) -> Result<rusqlite::Connection, rus
     use rusqlite::OpenFlags;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let connection = rusqlite::Connection::open_with_flags(path, flags)?;
-    connection.busy_timeout(BUSY_TIMEOUT)?;
+    connection.busy_handler(Some(retry_every_millisecond))?;
     connection.execute_batch("PRAGMA synchronous = FULL; PRAGMA temp_store = memory;")?;
     connection.execute_batch(extra)?;
     Ok(connection)
+}
+
+/// Our threads' busy handler: while another connection holds the write lock (a rebuild's
+/// chunk, see `aside.rs`), try again every millisecond, for up to [`BUSY_TIMEOUT`].
+/// SQLite's own handler (`busy_timeout`) backs off to 100 ms between tries, and so would
+/// mostly miss the short pauses a rebuild leaves between its chunks.
+fn retry_every_millisecond(retries: i32) -> bool {
+    std::thread::sleep(Duration::from_millis(1));
+    u128::try_from(retries).is_ok_and(|retries| retries < BUSY_TIMEOUT.as_millis())
 }
 
 fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {
@@ -181,103 +190,6 @@ fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), 
         .spawn(body)
         .map(drop)
         .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))
-}
-
-/// Every customer's newest snapshot among the events up to `$1` that the current
-/// projection (`$2`) extracted, in key order (so the primary key fills by appending). One
-/// sorted aggregation: in a group with a single `max()`, SQLite takes the other columns
-/// from the row holding the maximum (its documented "bare column" rule), so the newest
-/// version of rule 3 brings its row. Only types that project (rule 6).
-static REBUILD_FROM_COLUMNS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "INSERT INTO {{aside}} (account, livemode, customer_id, email, email_key, name,
-                               customer_created, deleted, version, last_event_id,
-                               last_event_created)
-         SELECT account, livemode, customer_id, email, email_key, name, customer_created,
-                deleted, {NEWEST_SQL}, event_id, created
-         FROM events
-         WHERE seq <= $1 AND projection_version >= $2 AND version IS NOT NULL
-           AND {PROJECTED_TYPES_SQL}
-         GROUP BY account, livemode, customer_id
-         ORDER BY account, livemode, customer_id"
-    )
-});
-
-/// Creates the aside table, fills it with the rebuild's one statement (see
-/// [`REBUILD_FROM_COLUMNS`]) and builds checkout's index on it, on a connection whose
-/// sorts spill to files (see [`bulk_connection`]); returns the rows written. Index names
-/// outlive a table rename, so each rebuild's index gets a name of its own.
-pub(super) async fn rebuild_from_columns(
-    pool: &SqlitePool,
-    aside: &str,
-    token: &str,
-    upto: i64,
-    current: i64,
-) -> Result<u64, sqlx::Error> {
-    create_aside(pool, aside).await?;
-    let mut connection = bulk_connection(pool).await?;
-    let rebuilt = fill_and_index(&mut connection, aside, token, upto, current).await;
-    connection.close().await?;
-    rebuilt
-}
-
-async fn fill_and_index(
-    connection: &mut sqlx::SqliteConnection,
-    aside: &str,
-    token: &str,
-    upto: i64,
-    current: i64,
-) -> Result<u64, sqlx::Error> {
-    let rows = sqlx::query(&REBUILD_FROM_COLUMNS.replace("{aside}", aside))
-        .bind(upto)
-        .bind(current)
-        .execute(&mut *connection)
-        .await?
-        .rows_affected();
-    let checkout = canonical::checkout_index_sql(&format!("customers_by_email_{token}"), aside);
-    sqlx::query(&checkout).execute(&mut *connection).await?;
-    Ok(rows)
-}
-
-/// A connection for one of a rebuild's passes over the whole log (filling the aside table,
-/// indexing it), whose temporary data goes to files rather than memory: the pools keep it
-/// in memory (see `options`), which suits ingestion's small statement journals but would
-/// hold a whole sort. Close it after use, so the pool never hands its settings out.
-async fn bulk_connection(pool: &SqlitePool) -> Result<PoolConnection<Sqlite>, sqlx::Error> {
-    let mut connection = pool.acquire().await?;
-    let settings = [
-        "PRAGMA temp_store = FILE",
-        // A rebuild reads the whole log once: through the writer's map it would all count
-        // as this process's memory.
-        "PRAGMA mmap_size = 0",
-        // The sorter sizes its runs in memory by the page cache: SQLite's default (2 MiB)
-        // keeps a rebuild's memory small, not the writer's 16 MiB.
-        "PRAGMA cache_size = -2000",
-        // The sorter may merge on helper threads: a rebuild is the one process's work.
-        "PRAGMA threads = 2",
-    ];
-    for setting in settings {
-        sqlx::query(setting).execute(&mut *connection).await?;
-    }
-    Ok(connection)
-}
-
-/// A rebuild's aside table, declared exactly like the live customer table: SQLite keeps
-/// each table's `CREATE TABLE` text, so the column list is taken from there.
-async fn create_aside(pool: &SqlitePool, aside: &str) -> Result<(), sqlx::Error> {
-    let live: String = sqlx::query_scalar(
-        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'customers'",
-    )
-    .fetch_one(pool)
-    .await?;
-    let columns = live
-        .find('(')
-        .map(|start| &live[start..])
-        .ok_or_else(|| sqlx::Error::Protocol("customers has no column list".into()))?;
-    sqlx::query(&format!("CREATE TABLE {aside} {columns}"))
-        .execute(pool)
-        .await
-        .map(drop)
 }
 
 impl Dialect for Sqlite {

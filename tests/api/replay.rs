@@ -437,7 +437,85 @@ async fn replay_keeps_the_customer_table_as_the_migrations_declare_it(backend: B
     }
 }
 
+/// Tables named in the catalog, among `names`.
+async fn tables_among(db: &TestDb, backend: Backend, names: &[&str]) -> Vec<String> {
+    let listed = names
+        .iter()
+        .map(|name| format!("'{name}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = match backend {
+        Backend::Postgres => format!(
+            "SELECT tablename::text FROM pg_tables WHERE tablename IN ({listed}) ORDER BY 1"
+        ),
+        Backend::Sqlite => format!(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ({listed}) ORDER BY 1"
+        ),
+    };
+    db.fetch_strings(&sql).await
+}
+
+/// A replay or verify killed part way leaves its tables (and on SQLite its scratch file)
+/// behind: the next one removes them, and each one leaves nothing behind. The log is
+/// larger than one of the rebuild's chunks, so the rows are written, and the replaced
+/// table deleted, over several transactions.
+async fn a_rebuild_cleans_up_after_an_interrupted_one(backend: Backend) {
+    const CUSTOMERS: usize = 25_000;
+    let db = TestDb::create(backend).await;
+    let store = db.store().await;
+    populate(&store, CUSTOMERS).await;
+    let before = store.customers().await.unwrap();
+    assert_eq!(before.len(), CUSTOMERS);
+    let leftovers = ["customers_rebuild", "customers_retired", "customers_verify"];
+    for table in leftovers {
+        db.execute(&format!("CREATE TABLE {table} AS SELECT * FROM customers"))
+            .await;
+    }
+    let scratch_files = |kind: &str| match backend {
+        Backend::Sqlite => vec![format!("{}-{kind}", db.url.trim_start_matches("sqlite:"))],
+        Backend::Postgres => Vec::new(),
+    };
+    for kind in ["customers_rebuild", "customers_verify"] {
+        for file in scratch_files(kind) {
+            std::fs::write(file, "left by a rebuild that was killed").unwrap();
+        }
+    }
+
+    // A verify leaves a replay's aside table to the next replay.
+    let verify = ["customers_retired", "customers_verify"];
+    for (command, gone) in [
+        (&["replay", "--verify"][..], &verify[..]),
+        (&["replay"], &leftovers),
+        (&["replay"], &leftovers),
+    ] {
+        let done = run(&db.url, command);
+        assert_eq!(
+            done.status.code(),
+            Some(0),
+            "{command:?}: {}{}",
+            String::from_utf8_lossy(&done.stdout),
+            String::from_utf8_lossy(&done.stderr)
+        );
+        assert_eq!(
+            store.customers().await.unwrap(),
+            before,
+            "after {command:?}"
+        );
+        assert!(
+            tables_among(&db, backend, gone).await.is_empty(),
+            "{command:?} left a table behind"
+        );
+    }
+    for kind in ["customers_rebuild", "customers_verify"] {
+        for file in scratch_files(kind) {
+            assert!(!std::path::Path::new(&file).exists(), "{file} is left");
+        }
+    }
+    store_closed(store).await;
+}
+
 on_both_backends!(
+    a_rebuild_cleans_up_after_an_interrupted_one,
     replay_keeps_the_customer_table_as_the_migrations_declare_it,
     lookups_and_deliveries_overlap_a_held_replay_and_stay_right,
     verify_reports_damage_and_replay_repairs_it,
