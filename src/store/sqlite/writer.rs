@@ -59,13 +59,42 @@ fn disk_failed(failure: &DiskFailure, during: &str, error: &dyn std::fmt::Displa
 
 /// An I/O error: the disk failed under SQLite (it may have failed a write-back whose error
 /// the next `fsync` no longer reports), as opposed to a full disk, which refuses a write
-/// before taking it, or a busy database.
+/// before taking it (SQLITE_FULL, or [`index_full`]), or a busy database.
 fn io_failure(error: &rusqlite::Error) -> bool {
     matches!(
         error,
         rusqlite::Error::SqliteFailure(failure, _)
             if failure.code == rusqlite::ErrorCode::SystemIoFailure
+    ) && !index_full(error)
+}
+
+/// The log's index (the `-shm` file) could not grow: a full disk that SQLite reports as an
+/// I/O error (SQLITE_IOERR_SHMSIZE). SQLite grows that file by writing a byte into each of
+/// its new pages, which fails at once on a full disk. It grows when a connection rebuilds
+/// it from the log, or when a commit takes the log past the frames it covers (4,062, then
+/// every 4,096): after the commit's frames are written, before the commit is complete, so
+/// nothing was acknowledged, and the next commit tries again. The file holds nothing that
+/// the log does not and is never flushed, so its failure hides no failed write-back.
+fn index_full(error: &rusqlite::Error) -> bool {
+    matches!(
+        error,
+        rusqlite::Error::SqliteFailure(failure, _)
+            if failure.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE
     )
+}
+
+/// `error`, saying what [`index_full`] is where SQLite only says "disk I/O error".
+fn described(error: rusqlite::Error) -> rusqlite::Error {
+    match error {
+        rusqlite::Error::SqliteFailure(failure, _)
+            if failure.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE =>
+        {
+            let message = "the write-ahead log's index (the -shm file) could not grow: \
+                           is the disk full?";
+            rusqlite::Error::SqliteFailure(failure, Some(message.to_owned()))
+        }
+        other => other,
+    }
 }
 
 impl Appender {
@@ -156,12 +185,13 @@ impl group_commit::Backend for Writer {
         &mut self,
         jobs: &[Job],
     ) -> impl std::future::Future<Output = Result<Vec<AppendOutcome>, StoreError>> + Send {
-        let written = write(&mut self.connection, jobs).inspect_err(|error| {
-            if io_failure(error) {
-                disk_failed(&self.failure, "writing to the database", error);
+        let written = write(&mut self.connection, jobs).map_err(|error| {
+            if io_failure(&error) {
+                disk_failed(&self.failure, "writing to the database", &error);
             }
+            StoreError::from(described(error))
         });
-        std::future::ready(written.map_err(StoreError::from))
+        std::future::ready(written)
     }
 
     /// An I/O error or a busy database fails everyone alike.
@@ -312,7 +342,9 @@ fn project_newest_sql() -> String {
 /// readiness fails, until the service is restarted (after someone has looked at the disk:
 /// the error is logged); Stripe redelivers what was refused. An I/O error of the writer or
 /// the checkpointer is final alike: the write-back error may have been reported to their
-/// `fsync` (a checkpoint syncs the log too), and then never to this one.
+/// `fsync` (a checkpoint syncs the log too), and then never to this one. A full disk is
+/// not final (see [`io_failure`]): its writes fail before anything is taken, and the
+/// first commit after room is made succeeds.
 fn flush_each(
     wal: &Path,
     committed: std_mpsc::Receiver<Committed>,
@@ -433,6 +465,27 @@ mod tests {
             matches!(result, Err(StoreError::DiskFailed(_))),
             "{result:?}"
         );
+    }
+
+    /// A full disk is not a failing one, whichever code SQLite gives it: the log's index
+    /// that cannot grow is an I/O error to SQLite, and is said to be a full disk.
+    #[test]
+    fn a_full_disk_is_not_a_failed_disk() {
+        use rusqlite::ffi;
+        let error = |code| rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
+        for full in [ffi::SQLITE_FULL, ffi::SQLITE_IOERR_SHMSIZE] {
+            assert!(!io_failure(&error(full)), "{full}");
+        }
+        for failed in [
+            ffi::SQLITE_IOERR,
+            ffi::SQLITE_IOERR_WRITE,
+            ffi::SQLITE_IOERR_FSYNC,
+            ffi::SQLITE_IOERR_SHORT_READ,
+        ] {
+            assert!(io_failure(&error(failed)), "{failed}");
+        }
+        let said = described(error(ffi::SQLITE_IOERR_SHMSIZE)).to_string();
+        assert!(said.contains("is the disk full?"), "{said}");
     }
 
     /// After a failed flush, a later flush that succeeds proves nothing (the failed one's
