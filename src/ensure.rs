@@ -30,8 +30,9 @@ use crate::domain::{self, AccountId, EmailKey};
 use crate::projection::{self, Effect};
 use crate::store::{AppendOutcome, Customer, Lookup, Source, Store, StoreError};
 use crate::stripe::api::{CreatedCustomer, NewCustomer, StripeApi, StripeApiError};
-use crate::stripe::event::{self, CustomerEvent, Delivery};
+use crate::stripe::event::CustomerEvent;
 use crate::stripe::reads::{ListOf, Listed};
+use crate::stripe::recorded::{RecordedEvent, Request};
 use crate::sync::record::Snapshot;
 
 /// A valid ensure. Build it with [`EnsureRequest::parse`].
@@ -396,7 +397,7 @@ impl Ensurer {
         }
     }
 
-    /// The event that records Stripe's answer; see [`api_event_payload`].
+    /// The event that records Stripe's answer; see [`created_record`].
     fn record_event(
         &self,
         created: &CreatedCustomer,
@@ -419,24 +420,19 @@ impl Ensurer {
             Some(mode) if mode != livemode => return Err(invalid("`livemode` is not the key's")),
             _ => {}
         }
-        let payload = api_event_payload(&ApiEvent {
-            id: &api_event_id(account, livemode, customer_id),
-            account: (*account != self.platform).then_some(account.as_str()),
+        let id = api_event_id(account, livemode, customer_id);
+        created_record(&CreatedRecord {
+            id: &id,
+            account,
+            platform: &self.platform,
             created: customer_created,
             livemode,
             object: &created.raw,
             request_id: created.request_id.as_deref(),
             idempotency_key,
         })
-        .map_err(|e| StripeApiError::InvalidResponse(e.to_string()))?;
-        // Parsed like a delivery, so the event is exactly what a replay of the log reads.
-        match event::parse(payload.as_bytes(), &self.platform) {
-            Ok(Delivery::Customer(event)) => Ok(event),
-            Ok(Delivery::Ignored { .. }) => {
-                Err(invalid("the recorded event is not a customer event"))
-            }
-            Err(e) => Err(StripeApiError::InvalidResponse(e.to_string())),
-        }
+        .event()
+        .map_err(|e| StripeApiError::InvalidResponse(e.to_string()))
     }
 }
 
@@ -537,10 +533,10 @@ pub fn api_event_id(account: &AccountId, livemode: bool, customer_id: &str) -> S
 }
 
 /// What is recorded for a customer created through the API.
-pub struct ApiEvent<'a> {
+pub struct CreatedRecord<'a> {
     pub id: &'a str,
-    /// `None` for the platform's own account, as in Stripe's own events.
-    pub account: Option<&'a str>,
+    pub account: &'a AccountId,
+    pub platform: &'a AccountId,
     pub created: i64,
     pub livemode: bool,
     pub object: &'a RawValue,
@@ -548,16 +544,9 @@ pub struct ApiEvent<'a> {
     pub idempotency_key: &'a str,
 }
 
-/// The payload stored verbatim in the log: a `customer.created` event shaped like
-/// Stripe's, so a replay parses it like any delivery:
-///
-/// ```json
-/// {"id":"evt_api_<32 hex>","object":"event","account":"acct_...","api_version":null,
-///  "created":<the Customer's created>,"data":{"object":<the Customer, byte for byte>},
-///  "livemode":false,"pending_webhooks":0,
-///  "request":{"id":"req_...","idempotency_key":"ensure-v1-<64 hex>"},
-///  "type":"customer.created","source":"api"}
-/// ```
+/// The record of a customer created through the API (see `stripe::recorded`): a
+/// `customer.created` event with id `evt_api_<32 hex>`, `created` the Customer's own,
+/// `request` `{"id":"req_...","idempotency_key":"ensure-v1-<64 hex>"}`, source `api`.
 ///
 /// Which snapshot wins (rule 3) between this event and Stripe's own `customer.created`
 /// for the same customer: we do not force either. Both carry the same Customer object, so
@@ -569,55 +558,27 @@ pub struct ApiEvent<'a> {
 /// same second) outranks it, and an old answer replayed by the idempotency key can never
 /// undo a newer state. Only `last_event_id`/`last_event_created` may move to Stripe's
 /// event when the webhook comes.
-pub fn api_event_payload(event: &ApiEvent<'_>) -> Result<String, serde_json::Error> {
-    #[derive(Serialize)]
-    struct Envelope<'a> {
-        id: &'a str,
-        object: &'static str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        account: Option<&'a str>,
-        api_version: Option<&'a str>,
-        created: i64,
-        data: Data<'a>,
-        livemode: bool,
-        pending_webhooks: u32,
-        request: Request<'a>,
-        #[serde(rename = "type")]
-        event_type: &'static str,
-        source: &'static str,
-    }
-    #[derive(Serialize)]
-    struct Data<'a> {
-        object: &'a RawValue,
-    }
-    #[derive(Serialize)]
-    struct Request<'a> {
-        id: Option<&'a str>,
-        idempotency_key: &'a str,
-    }
-    serde_json::to_string(&Envelope {
-        id: event.id,
-        object: "event",
-        account: event.account,
-        api_version: None,
-        created: event.created,
-        data: Data {
-            object: event.object,
-        },
-        livemode: event.livemode,
-        pending_webhooks: 0,
-        request: Request {
-            id: event.request_id,
-            idempotency_key: event.idempotency_key,
-        },
+pub fn created_record<'a>(record: &CreatedRecord<'a>) -> RecordedEvent<'a> {
+    RecordedEvent {
+        id: record.id,
+        account: record.account,
+        platform: record.platform,
+        created: record.created,
+        livemode: record.livemode,
+        object: record.object,
+        request: Some(Request {
+            id: record.request_id,
+            idempotency_key: record.idempotency_key,
+        }),
         event_type: "customer.created",
         source: Source::Api.as_str(),
-    })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stripe::event::{self, Delivery};
 
     fn account(id: &str) -> AccountId {
         AccountId::parse(id).unwrap()
@@ -663,15 +624,18 @@ mod tests {
         .unwrap();
         let platform = account("platform");
         for (tag, expected) in [(Some("acct_a"), "acct_a"), (None, "platform")] {
-            let payload = api_event_payload(&ApiEvent {
+            let tagged = tag.map(account);
+            let payload = created_record(&CreatedRecord {
                 id: "evt_api_1",
-                account: tag,
+                account: tagged.as_ref().unwrap_or(&platform),
+                platform: &platform,
                 created: 7,
                 livemode: false,
                 object: &object,
                 request_id: Some("req_1"),
                 idempotency_key: "ensure-v1-x",
             })
+            .payload()
             .unwrap();
             assert!(payload.contains(r#""data":{"object":{"id":"cus_1","object":"customer","email":"A@b.c","created":7}}"#));
             assert!(payload.ends_with(r#""source":"api"}"#));

@@ -6,4 +6,5 @@ pub mod api;
 pub mod event;
 pub mod limiter;
 pub mod reads;
+pub mod recorded;
 pub mod signature;

@@ -2,13 +2,13 @@
 //! `customer.snapshot` event, and an event that Stripe's events API listed, as the
 //! delivery it stands for.
 
-use serde::Serialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::domain::AccountId;
 use crate::projection::EventType;
 use crate::stripe::event::{self, CustomerEvent, Delivery, PayloadError};
+use crate::stripe::recorded::{RecordError, RecordedEvent};
 
 /// A Customer as Stripe's API returned it, to be recorded as a snapshot.
 #[derive(Debug, Clone, Copy)]
@@ -62,58 +62,26 @@ impl Snapshot<'_> {
         format!("evt_snap_{}", &digest[..32])
     }
 
-    /// The record, shaped like a Stripe event so that a replay parses it like any other:
-    ///
-    /// ```json
-    /// {"id":"evt_snap_<32 hex>","object":"event","account":"acct_...","api_version":null,
-    ///  "created":<read at - 1>,"data":{"object":<the Customer, byte for byte>},
-    ///  "livemode":false,"pending_webhooks":0,"request":null,
-    ///  "type":"customer.snapshot","source":"backfill"}
-    /// ```
+    /// The record: a `customer.snapshot` event (see `stripe::recorded`) with id
+    /// [`Self::event_id`], `created` the second before it was read and no `request`.
     pub fn event(&self) -> Result<CustomerEvent, NotRecorded> {
-        #[derive(Serialize)]
-        struct Envelope<'a> {
-            id: &'a str,
-            object: &'static str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            account: Option<&'a str>,
-            api_version: Option<&'a str>,
-            created: i64,
-            data: Data<'a>,
-            livemode: bool,
-            pending_webhooks: u32,
-            request: Option<()>,
-            #[serde(rename = "type")]
-            event_type: &'static str,
-            source: &'static str,
-        }
-        #[derive(Serialize)]
-        struct Data<'a> {
-            object: &'a RawValue,
-        }
         let id = self.event_id();
-        let payload = serde_json::to_string(&Envelope {
+        RecordedEvent {
             id: &id,
-            object: "event",
-            account: (self.account != self.platform).then_some(self.account.as_str()),
-            api_version: None,
+            account: self.account,
+            platform: self.platform,
             created: self.created,
-            data: Data {
-                object: self.object,
-            },
             livemode: self.livemode,
-            pending_webhooks: 0,
+            object: self.object,
             request: None,
             event_type: EventType::SNAPSHOT,
             source: self.source,
-        })
-        .map_err(|e| NotRecorded::Unwritable(e.to_string()))?;
-        match event::parse(payload.as_bytes(), self.platform)? {
-            Delivery::Customer(event) => Ok(event),
-            Delivery::Ignored { .. } => Err(NotRecorded::Unwritable(
-                "a snapshot parsed as an ignored event".to_owned(),
-            )),
         }
+        .event()
+        .map_err(|error| match error {
+            RecordError::Invalid(error) => NotRecorded::Invalid(error),
+            other => NotRecorded::Unwritable(other.to_string()),
+        })
     }
 }
 
