@@ -323,6 +323,18 @@ async fn logged(url: &str) -> (BTreeSet<String>, String) {
     (ids.into_iter().collect(), integrity)
 }
 
+/// The database is intact and its log holds every event of `acknowledged`.
+async fn assert_intact_with_all_of(url: &str, acknowledged: &BTreeSet<usize>) {
+    let (logged_ids, integrity) = logged(url).await;
+    assert_eq!(integrity, "ok");
+    let lost: Vec<String> = acknowledged
+        .iter()
+        .map(|n| format!("evt_full_{n:04}"))
+        .filter(|id| !logged_ids.contains(id))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged but not in the log: {lost:?}");
+}
+
 /// Where the disk runs out first.
 #[derive(Debug, Clone, Copy)]
 enum Filling {
@@ -382,14 +394,7 @@ async fn a_failing_disk_refuses_until_restart_and_loses_nothing(filling: Filling
     let served = Served::spawn(serve_command(&url));
     let (status, body) = get(&client, &served.base, "/readyz").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (logged_ids, integrity) = logged(&url).await;
-    assert_eq!(integrity, "ok");
-    let lost: Vec<String> = acknowledged
-        .iter()
-        .map(|n| format!("evt_full_{n:04}"))
-        .filter(|id| !logged_ids.contains(id))
-        .collect();
-    assert!(lost.is_empty(), "acknowledged but not in the log: {lost:?}");
+    assert_intact_with_all_of(&url, &acknowledged).await;
 
     assert_eq!(
         deliver(&client, &served.base, after + 1).await,
@@ -630,14 +635,7 @@ async fn a_full_disk_refuses_then_stores_once_freed(while_full: WhileFull) {
     let (status, body) = get(&client, &served.base, "/readyz").await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
-    let (logged_ids, integrity) = logged(&url).await;
-    assert_eq!(integrity, "ok");
-    let lost: Vec<String> = acknowledged
-        .iter()
-        .map(|n| format!("evt_full_{n:04}"))
-        .filter(|id| !logged_ids.contains(id))
-        .collect();
-    assert!(lost.is_empty(), "acknowledged but not in the log: {lost:?}");
+    assert_intact_with_all_of(&url, &acknowledged).await;
     // The server goes before the disk is unmounted.
     drop(served);
 }
@@ -782,13 +780,6 @@ async fn a_log_index_that_cannot_grow_on_a_full_disk_stores_once_freed() {
     let (status, body) = get(&client, &served.base, "/readyz").await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
-    let (logged_ids, integrity) = logged(&url).await;
-    assert_eq!(integrity, "ok");
-    let lost: Vec<String> = acknowledged
-        .iter()
-        .map(|n| format!("evt_full_{n:04}"))
-        .filter(|id| !logged_ids.contains(id))
-        .collect();
-    assert!(lost.is_empty(), "acknowledged but not in the log: {lost:?}");
+    assert_intact_with_all_of(&url, &acknowledged).await;
     drop(served);
 }
