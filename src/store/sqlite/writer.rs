@@ -341,8 +341,8 @@ fn project_newest_sql() -> String {
 /// acknowledged without being durable. Every batch from then on fails as well, and
 /// readiness fails, until the service is restarted (after someone has looked at the disk:
 /// the error is logged); Stripe redelivers what was refused. An I/O error of the writer or
-/// the checkpointer is final alike: the write-back error may have been reported to their
-/// `fsync` (a checkpoint syncs the log too), and then never to this one. A full disk is
+/// the checkpointer is final alike: a failed write-back of the database file is reported
+/// to their `fsync` only (the log's is heard of here too, see [`Log`]). A full disk is
 /// not final (see [`io_failure`]): its writes fail before anything is taken, and the
 /// first commit after room is made succeeds.
 fn flush_each(
@@ -351,12 +351,16 @@ fn flush_each(
     checkpoints: std_mpsc::SyncSender<()>,
     failure: &DiskFailure,
 ) {
+    let mut log = Log::new(wal);
     while let Ok(first) = committed.recv() {
         let due: Vec<Committed> = std::iter::once(first).chain(committed.try_iter()).collect();
-        let flushed = match failure.get() {
-            Some(failure) => Err(failure.clone()),
-            None => flush(wal)
-                .map_err(|error| disk_failed(failure, "flushing the write-ahead log", &error)),
+        // Synced first, then asked whether the disk failed: a failure another thread saw
+        // while this sync ran is then heard of before anything is acknowledged.
+        let synced = log.flush();
+        let flushed = match (failure.get(), synced) {
+            (Some(failure), _) => Err(failure.clone()),
+            (None, Ok(())) => Ok(()),
+            (None, Err(error)) => Err(disk_failed(failure, "flushing the write-ahead log", &error)),
         };
         match flushed {
             Ok(()) => due.into_iter().for_each(Committed::answer),
@@ -371,14 +375,52 @@ fn flush_each(
     }
 }
 
-/// Makes every commit so far durable: fsync of the write-ahead log. With no log file there
-/// is nothing to flush: SQLite removes it only after copying it into the database file
-/// and syncing that, when its last connection closes.
-fn flush(wal: &Path) -> std::io::Result<()> {
-    match std::fs::File::open(wal) {
-        Ok(log) => log.sync_data(),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(error) => Err(error),
+/// The write-ahead log as the flusher holds it: one open file, kept from flush to flush.
+///
+/// Linux reports a failed write-back to the `fsync` of every file description that was
+/// open when it failed, once each, but a file opened afterwards hears of it only if no one
+/// has yet: once SQLite's own sync (the writer's automatic checkpoint, whose error SQLite
+/// keeps to itself, or the checkpointer's) has seen the error, a log opened for each
+/// flush would sync "successfully" and acknowledge commits whose pages were lost. Held
+/// open, it hears of every failure since its previous flush, whoever saw it first.
+struct Log {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl Log {
+    fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            file: None,
+        }
+    }
+
+    /// Makes every commit so far durable: fsync of the write-ahead log. With no log file
+    /// there is nothing to flush: SQLite removes it only after copying it into the
+    /// database file and syncing that, when its last connection closes. A log file that
+    /// is no longer the one at the path (removed and created again then) is replaced.
+    fn flush(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let current = match std::fs::metadata(&self.path) {
+            Ok(current) => current,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        if let Some(file) = &self.file {
+            let held = file.metadata()?;
+            if (held.dev(), held.ino()) != (current.dev(), current.ino()) {
+                // The old file's pending errors go with it: it is no longer the log.
+                self.file = None;
+            }
+        }
+        let file = match self.file.take() {
+            Some(file) => file,
+            None => std::fs::File::open(&self.path)?,
+        };
+        let synced = file.sync_data();
+        self.file = Some(file);
+        synced
     }
 }
 
@@ -553,6 +595,13 @@ mod tests {
         /// Panics (the test fails, it does not skip) when the machine does not let it
         /// mount or attach a loop device: the test needs root.
         fn new() -> Self {
+            Self::with_journal("lazy_itable_init=1,lazy_journal_init=1")
+        }
+
+        /// With `lazy_journal_init=0` the journal is written whole when the file system is
+        /// made, so it already has its room: only data write-backs fail, and the file
+        /// system goes on (a failed journal write would stop every later `fsync`).
+        fn with_journal(init: &str) -> Self {
             let mut disk = Self {
                 backing: tempfile::tempdir().unwrap(),
                 mount: tempfile::tempdir().unwrap(),
@@ -573,7 +622,6 @@ mod tests {
             must(run("truncate", &["-s", "256M", &image]));
             let device = must(run("losetup", &["--find", "--show", &image]));
             disk.device = Some(device.clone());
-            let init = "lazy_itable_init=1,lazy_journal_init=1";
             must(run("mkfs.ext4", &["-q", "-E", init, &device]));
             must(run("mount", &["-t", "ext4", &device, &mount]));
             disk.mounted.push(disk.mount.path().to_owned());
@@ -599,6 +647,41 @@ mod tests {
             }
             mounted.into_iter().for_each(unmount);
         }
+    }
+
+    /// A failed write-back of the log that another file description's `fsync` saw first
+    /// (as SQLite's own syncs do, the writer's automatic checkpoint keeping the error to
+    /// itself) still fails the flusher's next flush: a log opened afresh for the flush
+    /// would hear nothing of it, and acknowledge lost commits.
+    #[test]
+    fn a_failed_write_back_seen_elsewhere_still_fails_the_flush() {
+        use std::io::Write;
+        let disk = FailingDisk::with_journal("lazy_itable_init=1,lazy_journal_init=0");
+        let wal = disk.mount.path().join("writer.db-wal");
+        std::fs::write(&wal, b"header").unwrap();
+        let mut log = Log::new(&wal);
+        log.flush().unwrap();
+
+        // SQLite's side: writes far more than the disk has room for, then syncs them.
+        let mut sqlite = std::fs::OpenOptions::new().append(true).open(&wal).unwrap();
+        let page = vec![7u8; 1 << 20];
+        for _ in 0..64 {
+            sqlite.write_all(&page).unwrap();
+        }
+        assert!(sqlite.sync_data().is_err(), "the write-back did not fail");
+        // Opened now, the log would sync "successfully": the error has been seen.
+        let fresh = std::fs::File::open(&wal).unwrap();
+        assert!(
+            fresh.sync_data().is_ok(),
+            "the kernel reports seen errors to new files"
+        );
+        drop(fresh);
+
+        assert!(
+            log.flush().is_err(),
+            "the held log did not hear of the failure"
+        );
+        drop((log, sqlite));
     }
 
     /// Once the disk has failed under the log, appends are refused before they are
