@@ -2,7 +2,12 @@
 //! memory, R times over the same log (each replay rebuilds the same table).
 //!
 //! cargo bench --bench replay -- [--events 1000000] [--runs 1] [--postgres ADMIN_URL]
-//!                                [--unsettled] [--load]
+//!                                [--unsettled] [--load] [--prune]
+//!
+//! With `--prune`, `prune --older-than 0` is timed instead: every event is old enough,
+//! and none is superseded (one event per customer), so it reads the whole log and
+//! removes nothing: the cost of its pass, and with `--load`, what that pass does to
+//! deliveries.
 //!
 //! With `--load`, a `serve` on the same database receives signed deliveries on eight
 //! connections throughout each replay, and the line reports how those deliveries fared
@@ -61,11 +66,15 @@ fn main() {
     });
 }
 
-/// Times one `replay` command, sampling its peak RSS.
+/// Times one `replay` command (or `prune`, with `--prune`), sampling its peak RSS.
 fn replay_once(url: &str, label: &str, events: usize) {
+    let command: &[&str] = match arg_flag("--prune") {
+        true => &["prune", "--older-than", "0"],
+        false => &["replay"],
+    };
     let started = Instant::now();
     let mut child = Command::new(BIN)
-        .arg("replay")
+        .args(command)
         .env("DATABASE_URL", url)
         .stdout(Stdio::piped())
         .spawn()
@@ -78,9 +87,10 @@ fn replay_once(url: &str, label: &str, events: usize) {
     }
     let elapsed = started.elapsed();
     let output = child.wait_with_output().expect("replay output");
-    assert!(output.status.success(), "replay failed");
+    assert!(output.status.success(), "{} failed", command[0]);
     println!(
-        "replay {}: {events} events in {:.2} s ({:.0} events/s), peak RSS {:.0} MiB; it said: {}",
+        "{} {}: {events} events in {:.2} s ({:.0} events/s), peak RSS {:.0} MiB; it said: {}",
+        command[0],
         label,
         elapsed.as_secs_f64(),
         events as f64 / elapsed.as_secs_f64(),
@@ -143,7 +153,7 @@ impl Load {
         let count = samples.len();
         let mut latencies = Latencies(samples);
         format!(
-            "deliveries during the replay: {count}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, \
+            "deliveries meanwhile: {count}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, \
              {failures} not 2xx",
             latencies.percentile_ms(0.50),
             latencies.percentile_ms(0.99),

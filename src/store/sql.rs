@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use sqlx::database::Database;
 use sqlx::{
@@ -87,11 +88,13 @@ const DIFFERENCES: &str = "
 /// A snapshot may go when a newer snapshot of the same customer is in the log: it no
 /// longer decides its row, and a rebuild without it gives the same table. The customer
 /// table holds the newest version of each customer (it commits with the log), so it
-/// answers "is there a newer one" through its primary key (rule 3's order).
+/// answers "is there a newer one" through its primary key (rule 3's order). One chunk of
+/// the log at a time: sequence numbers above `$2`, up to `$3` (see [`ROWS_PER_CHUNK`]).
 static PRUNE_SUPERSEDED: LazyLock<String> = LazyLock::new(|| {
     format!(
         "DELETE FROM events
-         WHERE created < $1
+         WHERE seq > $2 AND seq <= $3
+           AND created < $1
            AND version IS NOT NULL
            AND EXISTS (SELECT 1 FROM customers c
                        WHERE c.account = events.account
@@ -100,6 +103,15 @@ static PRUNE_SUPERSEDED: LazyLock<String> = LazyLock::new(|| {
                          AND {SUPERSEDED_SQL})"
     )
 });
+
+/// Rows a maintenance command writes or deletes per transaction, so that on SQLite, whose
+/// one write lock covers the whole file, it never holds appends up for long: each chunk
+/// takes a few tens of milliseconds (docs/performance.md).
+pub(super) const ROWS_PER_CHUNK: i64 = 10_000;
+
+/// The pause after each chunk, in which appends waiting for SQLite's write lock take it:
+/// longer than the appender's retry interval (1 ms; see `sqlite::open_connection`).
+pub(super) const LET_APPENDS_IN: Duration = Duration::from_millis(2);
 
 /// The customer table a rebuild replaced, until it is dropped (a rebuild interrupted in
 /// between leaves it to the next one).
@@ -366,15 +378,30 @@ where
             .map(drop)
     }
 
+    /// Removes superseded snapshots older than `older_than` (see [`PRUNE_SUPERSEDED`]),
+    /// one chunk of the log per transaction, with a pause after each for appends.
     pub(super) async fn prune_superseded(
         pool: &Pool<DB>,
         older_than: i64,
     ) -> Result<u64, sqlx::Error> {
-        let done = sqlx::query(&PRUNE_SUPERSEDED)
-            .bind(older_than)
-            .execute(pool)
-            .await?;
-        Ok(DB::rows_affected(&done))
+        let (first, last): (i64, i64) =
+            sqlx::query_as("SELECT COALESCE(MIN(seq), 1), COALESCE(MAX(seq), 0) FROM events")
+                .fetch_one(pool)
+                .await?;
+        let mut removed = 0;
+        let mut after = first - 1;
+        while after < last {
+            let done = sqlx::query(&PRUNE_SUPERSEDED)
+                .bind(older_than)
+                .bind(after)
+                .bind(after + ROWS_PER_CHUNK)
+                .execute(pool)
+                .await?;
+            removed += DB::rows_affected(&done);
+            after += ROWS_PER_CHUNK;
+            tokio::time::sleep(LET_APPENDS_IN).await;
+        }
+        Ok(removed)
     }
 
     /// Starts a rebuild: drops any aside or retired table an interrupted one left, and takes the

@@ -437,6 +437,54 @@ async fn replay_keeps_the_customer_table_as_the_migrations_declare_it(backend: B
     }
 }
 
+/// A log of several of prune's chunks (each a transaction of its own): every superseded
+/// snapshot goes, whichever chunk it is in, and a replay still gives the same table.
+async fn a_prune_of_several_chunks_removes_every_superseded_snapshot(backend: Backend) {
+    const CUSTOMERS: usize = 12_000;
+    let db = TestDb::create(backend).await;
+    let store = db.store().await;
+    let platform = stripe_projector::domain::AccountId::parse(helpers::PLATFORM).unwrap();
+    let old = helpers::now() - 40 * 86_400;
+    for kind in ["customer.created", "customer.updated"] {
+        let events: Vec<_> = (0..CUSTOMERS)
+            .map(|i| {
+                let mut body = created(
+                    &format!("evt_{kind}_{i:06}"),
+                    &format!("acct_{}", i % 5),
+                    &format!("cus_{i:06}"),
+                    &format!("{kind}.{i}@example.com"),
+                    old + i64::from(kind == "customer.updated"),
+                );
+                body["type"] = kind.into();
+                let Ok(Delivery::Customer(event)) =
+                    event::parse(body.to_string().as_bytes(), &platform)
+                else {
+                    panic!("{body}")
+                };
+                let effect = projection::effect_of(&event);
+                (event, effect)
+            })
+            .collect();
+        for chunk in events.chunks(1_000) {
+            store.append(chunk.to_vec(), Source::Webhook).await.unwrap();
+        }
+    }
+    let before = store.customers().await.unwrap();
+    assert_eq!(before.len(), CUSTOMERS);
+
+    let pruned = run(&db.url, &["prune", "--older-than", "30"]);
+    assert_eq!(pruned.status.code(), Some(0));
+    let printed: serde_json::Value = serde_json::from_slice(&pruned.stdout).unwrap();
+    assert_eq!(printed["removed_superseded_snapshots"], CUSTOMERS);
+    let left = db
+        .fetch_strings("SELECT type || ' ' || COUNT(*) FROM events GROUP BY type ORDER BY 1")
+        .await;
+    assert_eq!(left, [format!("customer.updated {CUSTOMERS}")]);
+    assert_eq!(run(&db.url, &["replay"]).status.code(), Some(0));
+    assert_eq!(store.customers().await.unwrap(), before);
+    store_closed(store).await;
+}
+
 /// Tables named in the catalog, among `names`.
 async fn tables_among(db: &TestDb, backend: Backend, names: &[&str]) -> Vec<String> {
     let listed = names
@@ -515,6 +563,7 @@ async fn a_rebuild_cleans_up_after_an_interrupted_one(backend: Backend) {
 }
 
 on_both_backends!(
+    a_prune_of_several_chunks_removes_every_superseded_snapshot,
     a_rebuild_cleans_up_after_an_interrupted_one,
     replay_keeps_the_customer_table_as_the_migrations_declare_it,
     lookups_and_deliveries_overlap_a_held_replay_and_stay_right,

@@ -13,7 +13,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Sqlite, SqlitePool};
@@ -23,14 +22,7 @@ use super::SqliteStore;
 use crate::projection::canonical;
 use crate::projection::order::NEWEST_SQL;
 use crate::projection::types::PROJECTED_TYPES_SQL;
-
-/// Rows written per transaction: each holds the write lock for a few tens of
-/// milliseconds (docs/performance.md), the most a delivery waits for a rebuild.
-const ROWS_PER_CHUNK: i64 = 10_000;
-
-/// The pause after each chunk, in which appends waiting for the lock take it: longer
-/// than the appender's retry interval (1 ms).
-const LET_APPENDS_IN: Duration = Duration::from_millis(2);
+use crate::store::sql::{LET_APPENDS_IN, ROWS_PER_CHUNK};
 
 /// The columns of the customer table, in the order the fill selects them.
 const COLUMNS: &str = "account, livemode, customer_id, email, email_key, name, customer_created,
