@@ -323,6 +323,42 @@ async fn logged(url: &str) -> (BTreeSet<String>, String) {
     (ids.into_iter().collect(), integrity)
 }
 
+/// Stripe's redeliveries, once the disk has room again.
+struct Redelivered<'a> {
+    client: &'a reqwest::Client,
+    base: &'a str,
+    padding: usize,
+}
+
+impl<'a> Redelivered<'a> {
+    fn new(client: &'a reqwest::Client, base: &'a str, padding: usize) -> Self {
+        Self {
+            client,
+            base,
+            padding,
+        }
+    }
+
+    /// Each refused event is stored when delivered again (refused means not written: not
+    /// a duplicate), and counts as acknowledged; readiness is 200 afterwards.
+    async fn all_stored(
+        &self,
+        refused: impl IntoIterator<Item = usize>,
+        acknowledged: &mut BTreeSet<usize>,
+    ) {
+        for n in refused {
+            assert_eq!(
+                deliver_padded(self.client, self.base, n, self.padding).await,
+                Answer::Stored,
+                "redelivery of evt_full_{n:04}"
+            );
+            acknowledged.insert(n);
+        }
+        let (status, body) = get(self.client, self.base, "/readyz").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}
+
 /// The database is intact and its log holds every event of `acknowledged`.
 async fn assert_intact_with_all_of(url: &str, acknowledged: &BTreeSet<usize>) {
     let (logged_ids, integrity) = logged(url).await;
@@ -623,18 +659,8 @@ async fn a_full_disk_refuses_then_stores_once_freed(while_full: WhileFull) {
     disk.free();
     assert_eq!(deliver(&client, &served.base, next).await, Answer::Stored);
     acknowledged.insert(next);
-    for &n in &refused {
-        // Refused means not written: the redelivery is stored, not a duplicate.
-        assert_eq!(
-            deliver(&client, &served.base, n).await,
-            Answer::Stored,
-            "redelivery of evt_full_{n:04}"
-        );
-        acknowledged.insert(n);
-    }
-    let (status, body) = get(&client, &served.base, "/readyz").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-
+    let redelivered = Redelivered::new(&client, &served.base, PADDING);
+    redelivered.all_stored(refused, &mut acknowledged).await;
     assert_intact_with_all_of(&url, &acknowledged).await;
     // The server goes before the disk is unmounted.
     drop(served);
@@ -769,17 +795,8 @@ async fn a_log_index_that_cannot_grow_on_a_full_disk_stores_once_freed() {
     );
     acknowledged.insert(event);
     assert_eq!(file_len(&shm), 2 * INDEX_REGION);
-    for event in refused {
-        assert_eq!(
-            deliver_padded(&client, &served.base, event, LARGE_PADDING).await,
-            Answer::Stored,
-            "redelivery of evt_full_{event:04}"
-        );
-        acknowledged.insert(event);
-    }
-    let (status, body) = get(&client, &served.base, "/readyz").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-
+    let redelivered = Redelivered::new(&client, &served.base, LARGE_PADDING);
+    redelivered.all_stored(refused, &mut acknowledged).await;
     assert_intact_with_all_of(&url, &acknowledged).await;
     drop(served);
 }
