@@ -63,12 +63,7 @@ impl FailingDisk {
             ext4_mounted: false,
         };
         // From here on a panic drops `disk`, which undoes whatever was done.
-        let size = format!("size={TMPFS_SIZE}");
-        run(
-            "mount",
-            &["-t", "tmpfs", "-o", &size, "tmpfs", path(&disk.backing)],
-        )
-        .unwrap_or_else(|e| panic!("cannot mount a tmpfs (the test needs root): {e}"));
+        mount_tmpfs(&disk.backing, TMPFS_SIZE);
         disk.tmpfs_mounted = true;
         let image = disk.backing.join("disk.img");
         std::fs::File::create(&image)
@@ -167,6 +162,14 @@ impl Drop for FailingDisk {
             }
         }
     }
+}
+
+/// Mounts a tmpfs of `size` (as `mount` takes it: `16m`) on `point`; panics, with the
+/// failing command, if it cannot (the test needs root).
+fn mount_tmpfs(point: &Path, size: &str) {
+    let size = format!("size={size}");
+    run("mount", &["-t", "tmpfs", "-o", &size, "tmpfs", path(point)])
+        .unwrap_or_else(|e| panic!("cannot mount a tmpfs (the test needs root): {e}"));
 }
 
 /// A new, uniquely named, empty folder to mount on.
@@ -495,12 +498,7 @@ impl FullDisk {
             mount: mount_point("full"),
             mounted: false,
         };
-        let size = format!("size={size}");
-        run(
-            "mount",
-            &["-t", "tmpfs", "-o", &size, "tmpfs", path(&disk.mount)],
-        )
-        .unwrap_or_else(|e| panic!("cannot mount a tmpfs (the test needs root): {e}"));
+        mount_tmpfs(&disk.mount, size);
         disk.mounted = true;
         disk
     }
