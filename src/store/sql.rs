@@ -404,8 +404,8 @@ where
         Ok(removed)
     }
 
-    /// Starts a rebuild: drops any aside or retired table an interrupted one left, and takes the
-    /// horizon up to which the log is read without blocking anyone (the backend's
+    /// Starts a rebuild: drops any aside or retired table an interrupted one left, and
+    /// takes the horizon up to which the log is read without blocking anyone (the backend's
     /// `rebuild_from_columns` then creates the aside table). The horizon is taken while
     /// appends are blocked, so every event at or below it has committed (a PostgreSQL
     /// sequence value is taken at insert and may commit late; no such straggler can hide

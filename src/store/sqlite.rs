@@ -175,10 +175,10 @@ fn open_connection(path: &Path, extra: &str) -> Result<rusqlite::Connection, rus
     Ok(connection)
 }
 
-/// Our threads' busy handler: while another connection holds the write lock (a rebuild's
-/// chunk, see `aside.rs`), try again every millisecond, for up to [`BUSY_TIMEOUT`].
-/// SQLite's own handler (`busy_timeout`) backs off to 100 ms between tries, and so would
-/// mostly miss the short pauses a rebuild leaves between its chunks.
+/// Our threads' busy handler: while another connection holds the write lock (a chunk of
+/// a rebuild or a prune, see `aside.rs` and `Sql::prune_superseded`), try again every
+/// millisecond, for up to [`BUSY_TIMEOUT`]. SQLite's own handler (`busy_timeout`) backs
+/// off to 100 ms between tries, and so would mostly miss the short pauses between chunks.
 fn retry_every_millisecond(retries: i32) -> bool {
     std::thread::sleep(Duration::from_millis(1));
     u128::try_from(retries).is_ok_and(|retries| retries < BUSY_TIMEOUT.as_millis())
