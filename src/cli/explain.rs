@@ -4,34 +4,21 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::settings::DatabaseArgs;
+use super::settings::{CustomerKeyArgs, DatabaseArgs};
 use super::{print_json, Failure};
-use crate::lookup::LookupRequest;
 use crate::store::{CheckoutAnswer, Explanation};
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    /// The organizer's account (acct_...), or the platform's id.
-    #[arg(long)]
-    account: String,
-    /// The buyer's email; matched trimmed and lowercased.
-    #[arg(long)]
-    email: String,
-    /// true or false; omit to look at both modes.
-    #[arg(long)]
-    livemode: Option<String>,
+    #[command(flatten)]
+    key: CustomerKeyArgs,
     /// Print the JSON body of `GET /v1/customers/explain` instead of a table.
     #[arg(long)]
     json: bool,
 }
 
 pub async fn run(database: &DatabaseArgs, args: ExplainArgs) -> Result<ExitCode, Failure> {
-    let request = LookupRequest::parse(
-        Some(&args.account),
-        Some(&args.email),
-        args.livemode.as_deref(),
-    )
-    .map_err(|e| Failure::Usage(e.to_string()))?;
+    let request = args.key.request()?;
     let store = database.open().await?;
     let explanation = store
         .explain(&request.account, &request.email, request.livemode)

@@ -4,31 +4,20 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::settings::DatabaseArgs;
+use super::settings::{CustomerKeyArgs, DatabaseArgs};
 use super::Failure;
-use crate::lookup::LookupRequest;
 use crate::store::Lookup;
 
 #[derive(Debug, Args)]
 pub struct LookupArgs {
-    /// The organizer's account (acct_...), or the platform's id.
-    #[arg(long)]
-    account: String,
-    /// The buyer's email; matched trimmed and lowercased.
-    #[arg(long)]
-    email: String,
-    /// true or false; omit to accept either mode when only one has a customer.
-    #[arg(long)]
-    livemode: Option<String>,
+    // Without `--livemode`, a customer in only one mode is the answer; customers in both
+    // are `ambiguous_livemode` (exit 3).
+    #[command(flatten)]
+    key: CustomerKeyArgs,
 }
 
 pub async fn run(database: &DatabaseArgs, args: LookupArgs) -> Result<ExitCode, Failure> {
-    let request = LookupRequest::parse(
-        Some(&args.account),
-        Some(&args.email),
-        args.livemode.as_deref(),
-    )
-    .map_err(|e| Failure::Usage(e.to_string()))?;
+    let request = args.key.request()?;
     let store = database.open().await?;
     let answer = store
         .lookup(&request.account, &request.email, request.livemode)

@@ -12,6 +12,7 @@ use super::Failure;
 use crate::config::{self, WebhookConfig};
 use crate::domain::AccountId;
 use crate::http::{self, ServerOptions};
+use crate::lookup::LookupRequest;
 use crate::secret::Secret;
 use crate::store::{DatabaseUrl, LockError, Maintenance, MaintenanceLock, Store};
 use crate::stripe::api::{self, RetryPolicy, StripeApi, StripeApiConfig};
@@ -20,6 +21,32 @@ use crate::stripe::limiter::Limits;
 /// `serve` binds here; `send` posts here when given no `--url`.
 pub const LISTEN_ADDR_ENV: &str = "LISTEN_ADDR";
 pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:8080";
+
+/// Which buyer of which organizer a read is about: `lookup` and `explain`.
+#[derive(Debug, Args)]
+pub struct CustomerKeyArgs {
+    /// The organizer's account (acct_...), or the platform's id.
+    #[arg(long)]
+    account: String,
+    /// The buyer's email; matched trimmed and lowercased.
+    #[arg(long)]
+    email: String,
+    /// true or false; when omitted, both modes are considered.
+    #[arg(long)]
+    livemode: Option<String>,
+}
+
+impl CustomerKeyArgs {
+    /// The key as checkout's question, checked as the HTTP API checks it.
+    pub fn request(&self) -> Result<LookupRequest, Failure> {
+        LookupRequest::parse(
+            Some(&self.account),
+            Some(&self.email),
+            self.livemode.as_deref(),
+        )
+        .map_err(|e| Failure::Usage(e.to_string()))
+    }
+}
 
 /// Where the data lives; every command but `send` opens it.
 #[derive(Debug, Args)]
