@@ -13,12 +13,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use common::*;
 
 /// `(account, starting_after)` -> the page's JSON.
@@ -110,22 +109,10 @@ fn start_stand_in(customers: usize, accounts: usize) -> (String, Vec<String>) {
         }
     }
     let pages = web::Data::new(Arc::new(pages));
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the stand-in");
-    let base = format!("http://{}", listener.local_addr().expect("address"));
-    std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            HttpServer::new(move || {
-                App::new()
-                    .app_data(pages.clone())
-                    .default_service(web::to(page))
-            })
-            .workers(1)
-            .disable_signals()
-            .listen(listener)
-            .expect("listen")
-            .run()
-            .await
-        })
+    let base = serve_stand_in(move |config| {
+        config
+            .app_data(pages.clone())
+            .default_service(web::to(page));
     });
     (base, account_ids)
 }

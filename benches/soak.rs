@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use common::*;
 use serde_json::json;
 
@@ -347,26 +347,13 @@ async fn ensure(addr: &str, tally: &Tally, running: &AtomicBool) {
 /// find nothing, and a creation returns a new customer (the same one for a repeated
 /// idempotency key).
 fn start_stand_in() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the stand-in");
-    let base = format!("http://{}", listener.local_addr().expect("address"));
     let created: web::Data<Mutex<std::collections::HashMap<String, serde_json::Value>>> =
         web::Data::new(Mutex::default());
-    std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            HttpServer::new(move || {
-                App::new()
-                    .app_data(created.clone())
-                    .default_service(web::to(stripe_answer))
-            })
-            .workers(1)
-            .disable_signals()
-            .listen(listener)
-            .expect("listen")
-            .run()
-            .await
-        })
-    });
-    base
+    serve_stand_in(move |config| {
+        config
+            .app_data(created.clone())
+            .default_service(web::to(stripe_answer));
+    })
 }
 
 async fn stripe_answer(

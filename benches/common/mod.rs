@@ -444,3 +444,25 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// Serves a stand-in for Stripe's API on a port of its own, on a thread of its own, with
+/// the routes and data `configure` gives; returns its base URL.
+pub fn serve_stand_in<F>(configure: F) -> String
+where
+    F: Fn(&mut actix_web::web::ServiceConfig) + Clone + Send + 'static,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the stand-in");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            actix_web::HttpServer::new(move || actix_web::App::new().configure(configure.clone()))
+                .workers(1)
+                .disable_signals()
+                .listen(listener)
+                .expect("listen")
+                .run()
+                .await
+        })
+    });
+    base
+}
