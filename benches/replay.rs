@@ -2,12 +2,13 @@
 //! memory, R times over the same log (each replay rebuilds the same table).
 //!
 //! cargo bench --bench replay -- [--events 1000000] [--runs 1] [--postgres ADMIN_URL]
-//!                                [--unsettled] [--load] [--prune]
+//!                                [--unsettled] [--load] [--prune | --verify]
 //!
 //! With `--prune`, `prune --older-than 0` is timed instead: every event is old enough,
 //! and none is superseded (one event per customer), so it reads the whole log and
 //! removes nothing: the cost of its pass, and with `--load`, what that pass does to
-//! deliveries.
+//! deliveries. With `--verify`, `replay --verify` is timed instead (a clean comparison,
+//! unless deliveries arrive during the fill: see `--load`).
 //!
 //! With `--load`, a `serve` on the same database receives signed deliveries on eight
 //! connections throughout each replay, and the line reports how those deliveries fared
@@ -68,9 +69,10 @@ fn main() {
 
 /// Times one `replay` command (or `prune`, with `--prune`), sampling its peak RSS.
 fn replay_once(url: &str, label: &str, events: usize) {
-    let command: &[&str] = match arg_flag("--prune") {
-        true => &["prune", "--older-than", "0"],
-        false => &["replay"],
+    let command: &[&str] = match (arg_flag("--prune"), arg_flag("--verify")) {
+        (true, _) => &["prune", "--older-than", "0"],
+        (false, true) => &["replay", "--verify"],
+        (false, false) => &["replay"],
     };
     let started = Instant::now();
     let mut child = Command::new(BIN)
